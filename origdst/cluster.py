@@ -1,0 +1,95 @@
+"""
+The original-destination cluster: one host per destination seen.
+
+As in Envoy's ORIGINAL_DST cluster, a host is created on the first request to
+its C{ip:port} and removed by a mark-and-sweep every cleanup interval: a host
+used since the previous sweep, or still carrying a request, is kept and
+unmarked; any other is removed and its idle connections closed.
+"""
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+
+from origdst.logs import logger
+from origdst.pool import Pool
+from origdst.sockopt import host_key
+
+log = logger("origdst.cluster")
+
+
+class Host:
+    """
+    One original destination and its connection pool.
+
+    @ivar used: a request chose this host since the last sweep.
+    """
+
+    __slots__ = ("key", "ip", "port", "pool", "used")
+
+    def __init__(self, key, ip, port, pool):
+        self.key = key
+        self.ip = ip
+        self.port = port
+        self.pool = pool
+        self.used = False
+
+
+class OriginalDstCluster(Service):
+    """
+    The hosts of this proxy, keyed by C{(ip, port)}, and their cleanup sweep.
+    """
+
+    def __init__(self, settings, reactor):
+        self.settings = settings
+        self.reactor = reactor
+        self.hosts = {}
+        self.own_addresses = set()
+        self._sweeper = None
+
+    def host(self, ip, port):
+        """
+        @return: the L{Host} for a destination, created on first use and
+            marked as used.
+        """
+        host = self.hosts.get((ip, port))
+        if host is None:
+            key = host_key(ip, port)
+            pool = Pool(key, ip, port, self.settings, self.reactor, self.own_addresses)
+            host = self.hosts[(ip, port)] = Host(key, ip, port, pool)
+            log.debug("Created host {key}.", key=key)
+        host.used = True
+        return host
+
+    def is_own_upstream(self, ip, port):
+        """
+        Whether C{ip:port} is the local end of one of this proxy's upstream
+        connections: a redirected connection from there is a loop.
+        """
+        return (ip, port) in self.own_addresses
+
+    def sweep(self):
+        """
+        Remove the hosts nobody used since the previous sweep.
+        """
+        log.debug("Cleaning up stale original dst hosts.")
+        for address, host in list(self.hosts.items()):
+            if host.used or host.pool.in_use():
+                log.debug("Keeping active host {key}.", key=host.key)
+                host.used = False
+            else:
+                log.debug("Removing stale host {key}.", key=host.key)
+                del self.hosts[address]
+                host.pool.close()
+
+    def startService(self):
+        Service.startService(self)
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(self.settings.cleanup_interval, now=False)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        for host in self.hosts.values():
+            host.pool.close()

@@ -1,0 +1,212 @@
+"""
+The settings of one origdst process: defaults, validation and the config file.
+
+One immutable L{Settings} object is built at start-up (defaults, then the
+config file, then command-line flags) and handed down the data path, so no
+module reads options of its own.
+"""
+
+import configparser
+import dataclasses
+import re
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+class ConfigError(ValueError):
+    """
+    A setting has a bad value; the message names the setting and the value.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """
+    Everything that shapes the proxy's behaviour, with Envoy's defaults where
+    Envoy has one (see shared/DESIGN.md section 3).
+    """
+
+    port: str = "tcp:4999"
+    cleanup_interval: float = 5.0
+    connect_timeout: float = 5.0
+    request_timeout: float = 15.0
+    # Shorter than the 5 s keep-alive of Node.js and Apache, the shortest
+    # common ones, so the pool closes an idle connection before the server
+    # does and a reused connection is rarely already dead (Envoy's 1 h
+    # default is the source of its well-known "503 UC" races).
+    upstream_idle_timeout: float = 4.0
+    server_name: str = "origdst"
+    header_prefix: str = "x-envoy"
+    log_level: str = "info"
+    cluster_name: str = "original_dst"
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_request_headers_kb: int = 60
+    max_request_headers_count: int = 100
+
+
+def _seconds(name, allow_zero=False):
+    def parse(value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: not a number of seconds: {value!r}")
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name}: not a number of seconds: {value!r}")
+        if number < 0 or (number == 0 and not allow_zero):
+            bound = "0 or more" if allow_zero else "more than 0"
+            raise ConfigError(f"{name}: must be {bound} seconds, not {value!r}")
+        return number
+
+    return parse
+
+
+def _positive_int(name):
+    def parse(value):
+        try:
+            number = int(str(value), 10)
+        except ValueError:
+            raise ConfigError(f"{name}: not a whole number: {value!r}")
+        if number < 1:
+            raise ConfigError(f"{name}: must be 1 or more, not {value!r}")
+        return number
+
+    return parse
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _header_name(name):
+    def parse(value):
+        if not isinstance(value, str) or not _TOKEN.match(value):
+            raise ConfigError(f"{name}: not a valid header name: {value!r}")
+        return value.lower()
+
+    return parse
+
+
+def _header_value(name):
+    def parse(value):
+        if (
+            not isinstance(value, str)
+            or not value
+            or value != value.strip()
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+        ):
+            raise ConfigError(f"{name}: not a valid header value: {value!r}")
+        return value
+
+    return parse
+
+
+def _port(name):
+    def parse(value):
+        value = str(value).strip()
+        if not value:
+            raise ConfigError(f"{name}: empty endpoint description")
+        if value.isdigit():
+            if not 0 < int(value) < 65536:
+                raise ConfigError(f"{name}: port out of range: {value!r}")
+            return f"tcp:{value}"
+        return value
+
+    return parse
+
+
+def _log_level(name):
+    def parse(value):
+        value = str(value).strip().lower()
+        if value == "warning":
+            value = "warn"
+        if value not in LOG_LEVELS:
+            choices = ", ".join(LOG_LEVELS)
+            raise ConfigError(f"{name}: must be one of {choices}, not {value!r}")
+        return value
+
+    return parse
+
+
+# Each setting's parser, by the name used on the command line and in the
+# config file; the attribute of Settings is the same name with underscores.
+PARSERS = {
+    "port": _port("port"),
+    "cleanup-interval": _seconds("cleanup-interval"),
+    "connect-timeout": _seconds("connect-timeout"),
+    "request-timeout": _seconds("request-timeout", allow_zero=True),
+    "upstream-idle-timeout": _seconds("upstream-idle-timeout"),
+    "server-name": _header_value("server-name"),
+    "header-prefix": _header_name("header-prefix"),
+    "log-level": _log_level("log-level"),
+    "cluster-name": _header_value("cluster-name"),
+    "max-connections": _positive_int("max-connections"),
+    "max-pending-requests": _positive_int("max-pending-requests"),
+    "max-request-headers-kb": _positive_int("max-request-headers-kb"),
+    "max-request-headers-count": _positive_int("max-request-headers-count"),
+}
+
+
+def attribute(option):
+    """
+    @return: the L{Settings} attribute for a command-line option name.
+    """
+    return option.replace("-", "_")
+
+
+def default(option):
+    """
+    @return: the default of an option, as its command line would spell it.
+    """
+    value = getattr(Settings(), attribute(option))
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def parse(option, value):
+    """
+    Validate and convert one setting.
+
+    @raise ConfigError: naming C{option} and C{value} when it is bad.
+    """
+    return PARSERS[option](value)
+
+
+def read_file(path):
+    """
+    Read an INI-style config file: one C{[origdst]} section whose keys are the
+    long option names (C{cleanup-interval = 10}).
+
+    @return: a dict of option name to converted value.
+    @raise ConfigError: for an unreadable file, an unknown key or a bad value.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path!r}: {e.strerror}")
+    except configparser.Error as e:
+        raise ConfigError(f"config: {path!r} is not a valid config file: {e}")
+    unknown = [s for s in parser.sections() if s != "origdst"]
+    if unknown:
+        raise ConfigError(f"config: {path!r}: unknown section [{unknown[0]}]")
+    values = {}
+    if parser.has_section("origdst"):
+        for key, value in parser.items("origdst"):
+            if key not in PARSERS:
+                raise ConfigError(f"config: {path!r}: unknown setting {key!r}")
+            try:
+                values[key] = parse(key, value)
+            except ConfigError as e:
+                raise ConfigError(f"config: {path!r}: {e}")
+    return values
+
+
+def build(values):
+    """
+    @param values: option name to converted value, for the settings that are
+        not left at their default.
+    @return: a L{Settings}.
+    """
+    return Settings(**{attribute(k): v for k, v in values.items()})

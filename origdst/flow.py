@@ -1,0 +1,69 @@
+"""
+Flow control between the two sides of a proxied exchange.
+
+A transport may be paused for several reasons at once: its peer's write buffer
+is full, the upstream connection is not there yet, a pipelined request waits
+its turn. Twisted's pause/resume is a plain switch, so each side keeps the set
+of reasons and reads again only when none is left.
+"""
+
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+
+@implementer(IPushProducer)
+class Pauser:
+    """
+    Pauses one transport while any reason holds.
+
+    Registered as a streaming producer on the I{other} side's transport, it
+    pauses this side while that transport's write buffer is full.
+    """
+
+    __slots__ = ("transport", "reasons")
+
+    PEER_FULL = "peer write buffer full"
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.reasons = set()
+
+    def pause(self, reason):
+        if not self.reasons:
+            self.transport.pauseProducing()
+        self.reasons.add(reason)
+
+    def resume(self, reason):
+        if reason in self.reasons:
+            self.reasons.discard(reason)
+            if not self.reasons:
+                self.transport.resumeProducing()
+
+    def pauseProducing(self):
+        self.pause(self.PEER_FULL)
+
+    def resumeProducing(self):
+        self.resume(self.PEER_FULL)
+
+    def stopProducing(self):
+        """
+        The consumer's connection is gone; the protocols' own connectionLost
+        handlers decide what happens to this side, so nothing is done here.
+        """
+
+
+def connect_flow(producer, consumer_transport):
+    """
+    Let C{consumer_transport} pause C{producer} while its buffer is full.
+    """
+    consumer_transport.registerProducer(producer, True)
+
+
+def disconnect_flow(producer, consumer_transport):
+    """
+    Undo L{connect_flow}, leaving C{producer} reading again if the consumer had
+    paused it.
+    """
+    if consumer_transport.producer is producer:
+        consumer_transport.unregisterProducer()
+    producer.resume(Pauser.PEER_FULL)

@@ -1,0 +1,126 @@
+"""
+Header rewriting at the proxy, in both directions.
+
+Hop-by-hop fields describe one connection, not the message, so they are
+dropped and the proxy frames each side itself; the rest passes in order and
+with its case.
+"""
+
+import re
+import uuid
+
+# RFC 9110 section 7.6.1, plus the non-standard ones clients still send.
+# Content-Length and Transfer-Encoding are re-framed by the proxy.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    ]
+)
+
+# A request id worth propagating: visible ASCII, no spaces, of a sane length.
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
+
+
+def connection_options(index):
+    """
+    @param index: a message's L{origdst.framing.index}.
+    @return: the lower-case names listed in its Connection fields.
+    """
+    values = index.get(b"connection")
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip(b" \t").lower() for value in values for token in value.split(b",")
+    )
+
+
+def wants_close(version, index):
+    """
+    Whether the sender of a message asked for its connection to end after it.
+    """
+    options = connection_options(index)
+    if version == b"HTTP/1.0":
+        return b"keep-alive" not in options
+    return b"close" in options
+
+
+def _copy(out, fields, drop):
+    for name, value in fields:
+        if name.lower() not in drop:
+            out.append(name + b": " + value + b"\r\n")
+
+
+def request_id(index):
+    """
+    @return: the client's x-request-id when it is a valid one, so ids
+        propagate through the proxy; else a new uuid4.
+    """
+    values = index.get(b"x-request-id")
+    if values and _REQUEST_ID.match(values[0]):
+        return values[0]
+    return str(uuid.uuid4()).encode("ascii")
+
+
+def request_head(method, target, fields, index, host, prefix, timeout_ms, framing):
+    """
+    The head sent upstream for a client's request.
+
+    @param host: the C{Host} value to add when the client sent none
+        (HTTP/1.0), since HTTP/1.1 upstream requires one.
+    @param prefix: the lower-case header prefix, e.g. C{b"x-envoy"}.
+    @param timeout_ms: the route timeout in ms, or 0 when there is none.
+    @param framing: the framing field line, e.g. C{b"content-length: 5\\r\\n"}.
+    @return: the head as bytes, with its final empty line.
+    """
+    timeout_name = prefix + b"-expected-rq-timeout-ms"
+    drop = HOP_BY_HOP | connection_options(index)
+    drop |= {b"x-forwarded-proto", b"x-request-id", timeout_name}
+    out = [method + b" " + target + b" HTTP/1.1\r\n"]
+    _copy(out, fields, drop)
+    if b"host" not in index:
+        out.append(b"host: " + host + b"\r\n")
+    out.append(b"x-forwarded-proto: http\r\n")
+    out.append(b"x-request-id: " + request_id(index) + b"\r\n")
+    if timeout_ms:
+        out.append(timeout_name + b": %d\r\n" % timeout_ms)
+    out.append(framing)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def response_head(status, reason, fields, index, server, prefix, service_ms, framing):
+    """
+    The head sent to the client for an upstream response.
+
+    @param server: the C{server} value, replacing the upstream's.
+    @param service_ms: ms from sending the request upstream to the response
+        head, or C{None} to add no C{<prefix>-upstream-service-time}.
+    @param framing: framing and connection field lines, already formatted.
+    @return: the head as bytes, with its final empty line.
+    """
+    service_name = prefix + b"-upstream-service-time"
+    drop = HOP_BY_HOP | connection_options(index) | {b"server", service_name}
+    out = [b"HTTP/1.1 %d " % status + reason + b"\r\n"]
+    _copy(out, fields, drop)
+    out.append(b"server: " + server + b"\r\n")
+    if service_ms is not None:
+        out.append(service_name + b": %d\r\n" % service_ms)
+    out.append(framing)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def informational_head(status, reason, fields, index):
+    """
+    The head of a 1xx response passed to the client (e.g. 100 Continue).
+    """
+    out = [b"HTTP/1.1 %d " % status + reason + b"\r\n"]
+    _copy(out, fields, HOP_BY_HOP | connection_options(index))
+    out.append(b"\r\n")
+    return b"".join(out)

@@ -1,0 +1,514 @@
+"""
+The downstream side: HTTP/1.1 requests from redirected clients.
+
+L{ProxyChannel} parses the requests of one client connection, one at a time
+(pipelined requests wait their turn), and hands each to an L{Exchange}, which
+carries it to an upstream connection of the destination's pool and streams the
+response back. Bodies flow piece by piece, each side pausing the other when
+its write buffer fills.
+"""
+
+from http.client import responses
+
+from twisted.internet.protocol import Protocol
+
+from origdst import framing
+from origdst.flow import Pauser, connect_flow, disconnect_flow
+from origdst.headers import (
+    informational_head,
+    request_head,
+    response_head,
+    wants_close,
+)
+from origdst.logs import debug_enabled, logger
+from origdst.pool import OVERFLOW
+from origdst.sockopt import host_key, plain_ip
+
+log = logger("origdst.http")
+
+HTTP11 = b"HTTP/1.1"
+RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
+NO_HEALTHY_UPSTREAM = b"no healthy upstream"
+REQUEST_TIMEOUT = b"upstream request timeout"
+
+# Why a client connection is not being read.
+CONNECTING = "waiting for an upstream connection"
+PIPELINE = "a pipelined request waits for the previous response"
+
+# Requests that may be sent again when a reused connection turns out to have
+# been closed by the server before it answered (RFC 9110 section 9.2.2).
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
+
+
+class Refusal:
+    """
+    Why a connection will not be proxied, and what its client is answered.
+    """
+
+    __slots__ = ("status", "body")
+
+    def __init__(self, status, body):
+        self.status = status
+        self.body = body
+
+
+def origin_form(target):
+    """
+    A request target as sent to an origin server: an absolute-form target
+    (C{http://host/path}, as proxy-aware clients send) loses its scheme and
+    authority, since the destination is the original one anyway.
+    """
+    if target[:7].lower() != b"http://":
+        return target
+    rest = target[7:]
+    for i, c in enumerate(rest):
+        if c == 0x2F:  # "/"
+            return rest[i:]
+        if c == 0x3F:  # "?"
+            return b"/" + rest[i:]
+    return b"/"
+
+
+class ProxyChannel(Protocol):
+    """
+    One client connection.
+
+    @ivar destination: C{(ip, port)} the client was really connecting to, or
+        C{None} when the connection is refused.
+    """
+
+    def __init__(self, cluster, settings, reactor, tag, resolve):
+        """
+        @param resolve: called with this channel once connected; returns
+            C{(destination, refusal)}, one of them C{None}.
+        """
+        self.cluster = cluster
+        self.settings = settings
+        self.reactor = reactor
+        self.tag = tag
+        self.resolve = resolve
+        self.destination = None
+        self.refusal = None
+        self.peer = None
+        self.pauser = None
+        self.exchange = None
+        self.reader = None
+        self.closing = False
+        self.buf = b""
+        self.max_head = settings.max_request_headers_kb * 1024
+        self.server = settings.server_name.encode("latin-1")
+        self.prefix = settings.header_prefix.encode("ascii")
+
+    def connectionMade(self):
+        self.pauser = Pauser(self.transport)
+        peer = self.transport.getPeer()
+        self.peer = (plain_ip(peer.host), peer.port)
+        self.destination, self.refusal = self.resolve(self)
+
+    def dataReceived(self, data):
+        if self.closing:
+            return
+        reader = self.reader
+        if reader is not None:
+            try:
+                data = reader.feed(data)
+            except framing.BadMessage as e:
+                self.reject(e)
+                return
+            if not reader.done:
+                return
+            self.reader = None
+            self.exchange.request_received(reader.trailers)
+            if not data or self.closing:
+                return
+        self.buf = self.buf + data if self.buf else data
+        self.next_request()
+
+    def next_request(self):
+        """
+        Start the buffered request if none is in progress.
+        """
+        while self.exchange is None and not self.closing:
+            buf = self.buf
+            if buf[:1] in (b"\r", b"\n"):
+                # RFC 9112 section 2.2: ignore empty lines before a request.
+                buf = buf.lstrip(b"\r\n")
+            end = buf.find(framing.HEAD_END)
+            if end < 0 or end > self.max_head:
+                self.buf = buf
+                if len(buf) > self.max_head:
+                    self.reject(framing.BadMessage(431, "request headers too large"))
+                return
+            self.buf = buf[end + 4 :]
+            self.start_request(buf[:end])
+        if self.buf and self.exchange is not None and self.reader is None:
+            self.pauser.pause(PIPELINE)
+
+    def start_request(self, head):
+        try:
+            method, target, version, fields = framing.parse_request_head(head)
+            if len(fields) > self.settings.max_request_headers_count:
+                raise framing.BadMessage(431, "too many request headers")
+            index = framing.index(fields)
+            kind, length = framing.request_framing(index)
+            hosts = index.get(b"host", ())
+            if len(hosts) > 1 or (version == HTTP11 and not hosts):
+                raise framing.BadMessage(400, "missing or repeated Host header")
+            if method == b"CONNECT":
+                raise framing.BadMessage(501, "CONNECT is not supported")
+        except framing.BadMessage as e:
+            self.reject(e)
+            return
+        if self.refusal is not None:
+            self.local_reply(self.refusal.status, self.refusal.body, method=method)
+            return
+        if self.cluster.is_own_upstream(*self.peer):
+            log.warn(
+                "{tag} redirect loop: the connection comes from origdst's own "
+                "upstream connection to {ip}:{port}; the iptables rule lacks the "
+                "owner match (-m owner ! --uid-owner <origdst's uid>). Answering 508.",
+                tag=self.tag,
+                ip=self.destination[0],
+                port=self.destination[1],
+            )
+            self.local_reply(508, b"redirect loop detected", method=method)
+            return
+        ip, port = self.destination
+        timeout = self.settings.request_timeout
+        if kind == framing.CHUNKED:
+            frame = b"transfer-encoding: chunked\r\n"
+        elif kind == framing.LENGTH:
+            frame = b"content-length: %d\r\n" % length
+        else:
+            frame = b""
+        host = (f"[{ip}]" if ":" in ip else ip) + ("" if port == 80 else f":{port}")
+        upstream_head = request_head(
+            method,
+            origin_form(target),
+            fields,
+            index,
+            host.encode("ascii"),
+            self.prefix,
+            int(timeout * 1000),
+            frame,
+        )
+        pool = self.cluster.host(ip, port).pool
+        exchange = Exchange(self, pool, method, version, upstream_head, kind)
+        exchange.close_after = wants_close(version, index)
+        exchange.replayable = method in IDEMPOTENT and kind == framing.NONE
+        self.exchange = exchange
+        if debug_enabled():
+            log.debug(
+                "{tag} {method} {target} to {key}.",
+                tag=self.tag,
+                method=method.decode("latin-1"),
+                target=target.decode("latin-1"),
+                key=pool.key,
+            )
+        reader = framing.BodyReader(kind, length, exchange.body_data)
+        if reader.done:
+            exchange.request_received(())
+        else:
+            self.reader = reader
+            self.pauser.pause(CONNECTING)
+        pool.request(exchange)
+        if self.exchange is exchange and self.reader is not None and self.buf:
+            data, self.buf = self.buf, b""
+            self.dataReceived(data)
+
+    def exchange_done(self, exchange):
+        """
+        The response to the current request is complete.
+        """
+        self.exchange = None
+        if exchange.close_after:
+            self.close()
+            return
+        self.pauser.resume(PIPELINE)
+        if self.buf:
+            self.next_request()
+
+    def reject(self, error):
+        """
+        Answer a request that cannot be handled, and close: after a framing
+        error nothing on the connection can be trusted.
+        """
+        log.info(
+            "{tag} rejected a request from {peer}: {error}.",
+            tag=self.tag,
+            peer=_format(self.peer),
+            error=error,
+        )
+        self.local_reply(error.status, error.reason.encode("latin-1"))
+
+    def local_reply(self, status, body, close=True, extra=b"", method=b"GET"):
+        """
+        Answer the client from the proxy itself, in Envoy's plain-text form.
+        """
+        reason = responses.get(status, "Unknown").encode("ascii")
+        head = (
+            b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n"
+            b"server: %s\r\n%s%s\r\n"
+            % (
+                status,
+                reason,
+                len(body),
+                self.server,
+                extra,
+                b"connection: close\r\n" if close else b"",
+            )
+        )
+        self.transport.write(head if method == b"HEAD" else head + body)
+        if close:
+            self.close()
+
+    def close(self):
+        """
+        Close the client connection, ending any exchange still under way.
+        """
+        self.closing = True
+        self.reader = None
+        self._abort_exchange()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.closing = True
+        self._abort_exchange()
+
+    def _abort_exchange(self):
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None:
+            exchange.abort()
+
+
+class Exchange:
+    """
+    One request and its response, from the moment the request head is parsed
+    to the end of the response.
+
+    @ivar conn: the upstream connection carrying it, once attached.
+    @ivar replayable: safe to send again on a fresh connection.
+    @ivar close_after: close the client connection after the response.
+    """
+
+    __slots__ = (
+        "channel",
+        "pool",
+        "method",
+        "version",
+        "upstream_head",
+        "chunked_in",
+        "conn",
+        "early",
+        "request_done",
+        "response_started",
+        "chunked_out",
+        "close_after",
+        "replayable",
+        "retried",
+        "sent_at",
+        "timer",
+        "tag",
+    )
+
+    def __init__(self, channel, pool, method, version, upstream_head, kind):
+        self.channel = channel
+        self.pool = pool
+        self.method = method
+        self.version = version
+        self.upstream_head = upstream_head
+        self.chunked_in = kind == framing.CHUNKED
+        self.conn = None
+        self.early = []
+        self.request_done = False
+        self.response_started = False
+        self.chunked_out = False
+        self.close_after = False
+        self.replayable = False
+        self.retried = False
+        self.sent_at = None
+        self.timer = None
+        self.tag = channel.tag
+
+    # The request, from the client.
+
+    def body_data(self, data):
+        pieces = framing.encode_chunk(data) if self.chunked_in else [data]
+        if self.conn is not None:
+            self.conn.send(pieces)
+        else:
+            self.early.extend(pieces)
+
+    def request_received(self, trailers):
+        """
+        The whole request has been read from the client: the route timeout
+        starts now.
+        """
+        self.request_done = True
+        if self.chunked_in:
+            last = framing.last_chunk(trailers)
+            if self.conn is not None:
+                self.conn.send([last])
+            else:
+                self.early.append(last)
+        conn = self.conn
+        if conn is not None:
+            conn.request_complete()
+            disconnect_flow(self.channel.pauser, conn.transport)
+        timeout = self.channel.settings.request_timeout
+        if timeout:
+            self.timer = self.channel.reactor.callLater(timeout, self.timed_out)
+
+    # The upstream connection, from the pool.
+
+    def attached(self, conn):
+        self.conn = conn
+        self.sent_at = self.channel.reactor.seconds()
+        if self.early:
+            conn.send(self.early)
+            self.early = []
+        if self.request_done:
+            conn.request_complete()
+        else:
+            connect_flow(self.channel.pauser, conn.transport)
+            self.channel.pauser.resume(CONNECTING)
+
+    def failed(self, reason):
+        """
+        No upstream connection could be had: C{reason} is one of the pool's.
+        """
+        log.info(
+            "{tag} upstream {key}: {reason}.", tag=self.tag, key=self.pool.key, reason=reason
+        )
+        extra = b""
+        if reason == OVERFLOW:
+            extra = self.channel.prefix + b"-overloaded: true\r\n"
+        self.upstream_reply(503, RESET_BEFORE_HEADERS + reason.encode("ascii"), extra)
+
+    # The response, from the upstream connection.
+
+    def informational(self, status, reason, fields, index):
+        if self.version == HTTP11:
+            self.channel.transport.write(informational_head(status, reason, fields, index))
+
+    def response_head(self, status, reason, fields, index, kind, length):
+        channel = self.channel
+        self.response_started = True
+        close = self.close_after or not self.request_done
+        if kind == framing.LENGTH:
+            frame = b"content-length: %d\r\n" % length
+        elif kind == framing.NONE:
+            frame = b""
+            lengths = index.get(b"content-length")
+            if lengths and (self.method == b"HEAD" or status == 304):
+                frame = b"content-length: " + lengths[0] + b"\r\n"
+        elif self.version == HTTP11:
+            frame = b"transfer-encoding: chunked\r\n"
+            self.chunked_out = True
+        else:
+            # An HTTP/1.0 client knows no chunked coding: the end of the body
+            # is the end of the connection.
+            frame = b""
+            close = True
+        if close:
+            frame += b"connection: close\r\n"
+        elif self.version != HTTP11:
+            frame += b"connection: keep-alive\r\n"
+        self.close_after = close
+        service_ms = int((channel.reactor.seconds() - self.sent_at) * 1000)
+        channel.transport.write(
+            response_head(
+                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
+            )
+        )
+        connect_flow(self.conn.pauser, channel.transport)
+
+    def response_data(self, data):
+        if self.chunked_out:
+            self.channel.transport.writeSequence(framing.encode_chunk(data))
+        else:
+            self.channel.transport.write(data)
+
+    def response_end(self, trailers):
+        if self.chunked_out:
+            self.channel.transport.write(framing.last_chunk(trailers))
+        self._release()
+        if debug_enabled():
+            log.debug("{tag} response complete.", tag=self.tag)
+        self.channel.exchange_done(self)
+
+    def upstream_lost(self, response_started, reused):
+        """
+        The upstream connection closed before the response was complete.
+        """
+        self.conn = None
+        if self.response_started:
+            self._release()
+            self.channel.close()
+        elif reused and not response_started and self.replayable and not self.retried:
+            # The server closed an idle keep-alive connection just as it was
+            # reused: nothing was processed, so send it once more, fresh.
+            log.debug("{tag} reused connection was closed; retrying.", tag=self.tag)
+            self.retried = True
+            self.pool.request(self, fresh=True)
+        else:
+            self.upstream_reply(503, RESET_BEFORE_HEADERS + b"connection termination")
+
+    def upstream_failed(self, error):
+        """
+        The upstream sent something that is not a valid response.
+        """
+        log.info("{tag} upstream {key}: {error}.", tag=self.tag, key=self.pool.key, error=error)
+        self.conn = None
+        if self.response_started:
+            self._release()
+            self.channel.close()
+        else:
+            self.upstream_reply(502, RESET_BEFORE_HEADERS + b"protocol error")
+
+    def timed_out(self):
+        self.timer = None
+        log.info("{tag} upstream {key}: request timeout.", tag=self.tag, key=self.pool.key)
+        if self.response_started:
+            self.abort()
+            self.channel.close()
+        else:
+            self.upstream_reply(504, REQUEST_TIMEOUT)
+
+    # Ending.
+
+    def upstream_reply(self, status, body, extra=b""):
+        """
+        A local reply caused by the upstream; the client connection is closed
+        after it, as Envoy does, so the client does not reuse it blindly.
+        """
+        self.abort()
+        self.channel.local_reply(status, body, extra=extra, method=self.method)
+
+    def abort(self):
+        """
+        End the exchange before its response is complete.
+        """
+        conn = self.conn
+        self._release()
+        if conn is not None:
+            conn.abort()
+        else:
+            self.pool.cancel(self)
+
+    def _release(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        if conn is not None:
+            channel = self.channel
+            disconnect_flow(channel.pauser, conn.transport)
+            disconnect_flow(conn.pauser, channel.transport)
+            self.conn = None
+        self.channel.pauser.resume(CONNECTING)
+
+
+def _format(address):
+    return "?" if address is None else host_key(*address)

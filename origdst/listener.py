@@ -1,0 +1,85 @@
+"""
+Accepting redirected connections.
+
+Each accepted connection is asked where it was really going; one that was not
+redirected, or that was addressed to the proxy itself, is answered locally and
+never connected anywhere, so a wrong iptables rule cannot make the proxy dial
+itself.
+"""
+
+import itertools
+
+from twisted.internet.protocol import ServerFactory
+
+from origdst.http import NO_HEALTHY_UPSTREAM, ProxyChannel, Refusal
+from origdst.logs import debug_enabled, logger
+from origdst.sockopt import NoOriginalDestination, host_key, original_destination, plain_ip
+
+log = logger("origdst.listener")
+
+NOT_REDIRECTED = Refusal(503, NO_HEALTHY_UPSTREAM)
+LOOP = Refusal(508, b"redirect loop detected")
+
+
+class ListenerFactory(ServerFactory):
+    """
+    Builds a L{ProxyChannel} for each accepted connection.
+    """
+
+    noisy = False
+
+    def __init__(self, cluster, settings, reactor, original_destination=original_destination):
+        """
+        @param original_destination: reads C{(ip, port)} from an accepted
+            socket; replaceable so tests can run without iptables.
+        """
+        self.cluster = cluster
+        self.settings = settings
+        self.reactor = reactor
+        self.original_destination = original_destination
+        self._ids = itertools.count(1)
+
+    def buildProtocol(self, addr):
+        return ProxyChannel(
+            self.cluster, self.settings, self.reactor, f"[C{next(self._ids)}]", self.resolve_for
+        )
+
+    def resolve_for(self, channel):
+        """
+        @return: the destination of C{channel}'s connection, or why there is
+            none, as L{ProxyChannel} expects from its C{resolve} argument.
+        """
+        transport = channel.transport
+        peer = host_key(*channel.peer)
+        try:
+            ip, port = self.original_destination(transport.getHandle())
+        except NoOriginalDestination as e:
+            log.warn(
+                "{tag} connection from {peer} has no original destination ({error}): "
+                "it was not redirected; is the iptables REDIRECT rule in place? "
+                "Answering 503.",
+                tag=channel.tag,
+                peer=peer,
+                error=e,
+            )
+            return None, NOT_REDIRECTED
+        ip = plain_ip(ip)
+        local = transport.getHost()
+        if (ip, port) == (plain_ip(local.host), local.port):
+            log.warn(
+                "{tag} redirect loop: the connection from {peer} was addressed to "
+                "origdst's own listening address {local}; only redirected traffic "
+                "can be proxied. Answering 508.",
+                tag=channel.tag,
+                peer=peer,
+                local=host_key(ip, port),
+            )
+            return None, LOOP
+        if debug_enabled():
+            log.debug(
+                "{tag} new connection from {peer} to original destination {dest}.",
+                tag=channel.tag,
+                peer=peer,
+                dest=host_key(ip, port),
+            )
+        return (ip, port), None

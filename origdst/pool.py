@@ -1,0 +1,167 @@
+"""
+The keep-alive connections of one upstream host.
+
+Requests take an idle connection when there is one (the most recently used,
+whose server is least likely to have timed it out), else open a new one up to
+the host's connection limit, else wait in a bounded queue.
+"""
+
+import collections
+
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+
+from origdst.logs import debug_enabled, logger
+from origdst.upstream import UpstreamFactory
+
+log = logger("origdst.pool")
+
+CONNECT_FAILURE = "connection failure"
+CONNECT_TIMEOUT = "connection timeout"
+OVERFLOW = "overflow"
+
+
+class Pool:
+    """
+    Upstream connections to one C{ip:port}.
+
+    @ivar own_addresses: the set, shared by all pools, of the local addresses
+        of the proxy's upstream connections; a redirected connection coming
+        from one of them is the proxy talking to itself.
+    """
+
+    def __init__(self, key, ip, port, settings, reactor, own_addresses):
+        self.key = key
+        self.ip = ip
+        self.port = port
+        self.settings = settings
+        self.reactor = reactor
+        self.own_addresses = own_addresses
+        self.factory = UpstreamFactory(self)
+        self.idle = []
+        self.connections = set()
+        self.connecting = 0
+        self.pending = collections.deque()
+        self.closed = False
+
+    def in_use(self):
+        """
+        Whether any request is waiting for or carried by a connection.
+        """
+        return bool(
+            self.pending or self.connecting or len(self.connections) > len(self.idle)
+        )
+
+    def request(self, exchange, fresh=False):
+        """
+        Find a connection for C{exchange}; it is told with C{attached} or
+        C{failed}.
+
+        @param fresh: skip idle connections (a retry after a reused connection
+            turned out to be closed).
+        """
+        while self.idle and not fresh:
+            conn = self.idle.pop()
+            conn.idle_timer.cancel()
+            conn.idle_timer = None
+            if conn.reusable:
+                if debug_enabled():
+                    log.debug("{tag} reusing connection to {key}.", tag=exchange.tag, key=self.key)
+                conn.start(exchange)
+                return
+        if self._room():
+            if debug_enabled():
+                log.debug("{tag} creating a new connection to {key}.", tag=exchange.tag, key=self.key)
+            self.pending.append(exchange)
+            self._open()
+        elif len(self.pending) < self.settings.max_pending_requests:
+            self.pending.append(exchange)
+        else:
+            exchange.failed(OVERFLOW)
+
+    def _room(self):
+        return len(self.connections) + self.connecting < self.settings.max_connections
+
+    def _open(self):
+        self.connecting += 1
+        self.reactor.connectTCP(
+            self.ip, self.port, self.factory, timeout=self.settings.connect_timeout
+        )
+
+    def cancel(self, exchange):
+        """
+        Forget a waiting exchange whose client went away.
+        """
+        try:
+            self.pending.remove(exchange)
+        except ValueError:
+            pass
+
+    def connection_made(self, conn):
+        self.connecting -= 1
+        self.connections.add(conn)
+        conn.local_address = _address(conn.transport.getHost())
+        self.own_addresses.add(conn.local_address)
+        self._dispatch(conn)
+
+    def connection_failed(self, reason):
+        """
+        One attempt failed: the oldest waiting exchange gets the failure, the
+        others keep waiting for attempts still under way or busy connections.
+        """
+        self.connecting -= 1
+        kind = CONNECT_TIMEOUT if reason.check(ConnectTimeoutError) else CONNECT_FAILURE
+        log.debug(
+            "Connection to {key} failed: {reason}.",
+            key=self.key,
+            reason=reason.getErrorMessage(),
+        )
+        if self.pending:
+            self.pending.popleft().failed(kind)
+
+    def release(self, conn):
+        """
+        C{conn} finished an exchange cleanly and can carry another.
+        """
+        self._dispatch(conn)
+
+    def connection_lost(self, conn):
+        self.connections.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+            conn.idle_timer = None
+        self.own_addresses.discard(conn.local_address)
+        # A request that queued behind the limit can now have a connection.
+        if len(self.pending) > self.connecting and self._room():
+            self._open()
+
+    def close(self):
+        """
+        The host was removed: close idle connections now and busy ones when
+        their exchange ends.
+        """
+        self.closed = True
+        for conn in list(self.idle):
+            conn.transport.loseConnection()
+
+    def _dispatch(self, conn):
+        if self.pending:
+            conn.start(self.pending.popleft())
+        elif self.closed:
+            conn.transport.loseConnection()
+        else:
+            self.idle.append(conn)
+            conn.idle_timer = self.reactor.callLater(
+                self.settings.upstream_idle_timeout, self._idle_timeout, conn
+            )
+
+    def _idle_timeout(self, conn):
+        conn.idle_timer = None
+        if conn in self.idle:
+            self.idle.remove(conn)
+            conn.transport.loseConnection()
+
+
+def _address(address):
+    return address.host, address.port

@@ -1,0 +1,115 @@
+"""
+The twistd plugin's options and service: C{twistd -n origdst --port 4999}.
+
+Wiring only: settings come from L{origdst.config}, behaviour from the modules
+down the data path.
+"""
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from origdst import config
+from origdst.cluster import OriginalDstCluster
+from origdst.listener import ListenerFactory
+from origdst.logs import logger, set_level
+
+log = logger("origdst.tap")
+
+_HELP = {
+    "port": "Endpoint description to listen on (a bare number means tcp:N; "
+    "tcp6:N is dual-stack).",
+    "cleanup-interval": "Seconds between sweeps that remove unused hosts.",
+    "connect-timeout": "Seconds to wait for an upstream connection.",
+    "request-timeout": "Seconds from the end of a request to the end of its "
+    "response; 0 disables it.",
+    "upstream-idle-timeout": "Seconds a pooled upstream connection may stay idle.",
+    "server-name": "Value of the server header sent to clients.",
+    "header-prefix": "Prefix of the proxy's own headers.",
+    "log-level": "debug, info, warn or error.",
+    "cluster-name": "Name of the original-destination cluster.",
+    "max-connections": "Upstream connections per host.",
+    "max-pending-requests": "Requests per host waiting for a connection.",
+    "max-request-headers-kb": "Largest request head, in KiB (431 above).",
+    "max-request-headers-count": "Most request header fields (431 above).",
+}
+
+
+class Options(usage.Options):
+    """
+    Every setting of L{config.Settings} as a flag; C{--config FILE} reads the
+    same settings from a file, and flags given on the command line win.
+    """
+
+    optParameters = [["config", "c", None, "Config file ([origdst] section, keys are option names)."]] + [
+        [option, None, None, f"{_HELP[option]} [default: {config.default(option)}]"]
+        for option in config.PARSERS
+    ]
+
+    def postOptions(self):
+        values = {}
+        try:
+            if self["config"] is not None:
+                values.update(config.read_file(self["config"]))
+            for option in config.PARSERS:
+                if self[option] is not None:
+                    try:
+                        values[option] = config.parse(option, self[option])
+                    except config.ConfigError as e:
+                        raise config.ConfigError(f"--{e}")
+            settings = config.build(values)
+            try:
+                serverFromString(None, settings.port)
+            except Exception as e:
+                raise config.ConfigError(f"--port: invalid endpoint description {settings.port!r}: {e}")
+        except config.ConfigError as e:
+            raise usage.UsageError(str(e))
+        self.settings = settings
+
+
+class ListenerService(Service):
+    """
+    Listens in the privileged start phase, so twistd's --uid can drop root
+    after binding a low port, and stops twistd with a plain message when the
+    port cannot be had.
+    """
+
+    def __init__(self, description, factory, reactor):
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.port = None
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        outcome = []
+        endpoint = serverFromString(self.reactor, self.description)
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome or not hasattr(outcome[0], "getHost"):
+            reason = outcome[0].getErrorMessage() if outcome else "no answer"
+            raise SystemExit(f"origdst: cannot listen on {self.description}: {reason}")
+        self.port = outcome[0]
+        log.info("origdst listening on {port}", port=self.description)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+def makeService(options, reactor=None):
+    """
+    @param options: parsed L{Options}.
+    @param reactor: the reactor to use; the global one by default.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = options.settings
+    set_level(settings.log_level)
+    top = MultiService()
+    cluster = OriginalDstCluster(settings, reactor)
+    cluster.setServiceParent(top)
+    factory = ListenerFactory(cluster, settings, reactor)
+    ListenerService(settings.port, factory, reactor).setServiceParent(top)
+    return top

@@ -1,0 +1,196 @@
+"""
+One HTTP/1.1 keep-alive connection to an original destination.
+
+It carries one exchange at a time: it writes the request head and the body
+pieces the exchange hands it, reads the response head and body, and tells the
+exchange about each. Between exchanges it sits idle in its pool.
+"""
+
+from twisted.internet.protocol import ClientFactory, Protocol
+
+from origdst import framing
+from origdst.flow import Pauser
+from origdst.headers import wants_close
+
+# A response head larger than this is an upstream error, not a head.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class UpstreamProtocol(Protocol):
+    """
+    The client side of one upstream connection.
+
+    @ivar exchange: the exchange being carried, or C{None} while idle.
+    @ivar reused: this connection has carried an exchange before the current
+        one, so a close before any response byte may be a keep-alive race.
+    """
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.exchange = None
+        self.pauser = None
+        self.reused = False
+        self.reusable = True
+        self.request_sent = False
+        self.idle_timer = None
+        self.local_address = None
+        self._buf = b""
+        self._reader = None
+        self._got_bytes = False
+        self._method = b"GET"
+
+    def connectionMade(self):
+        self.pauser = Pauser(self.transport)
+        self.pool.connection_made(self)
+
+    def start(self, exchange):
+        """
+        Carry C{exchange}: send its request head now.
+        """
+        self.exchange = exchange
+        self._method = exchange.method
+        self._got_bytes = False
+        self.request_sent = False
+        self.transport.write(exchange.upstream_head)
+        exchange.attached(self)
+
+    def send(self, pieces):
+        """
+        Send request body pieces, already framed.
+        """
+        self.transport.writeSequence(pieces)
+
+    def request_complete(self):
+        """
+        The whole request has been written; the connection can be reused once
+        the response is complete too.
+        """
+        self.request_sent = True
+
+    def abort(self):
+        """
+        Drop the connection and its exchange: the exchange ended abnormally,
+        so what the server still sends could not be matched to a request.
+        """
+        self.exchange = None
+        self.reusable = False
+        self.transport.abortConnection()
+
+    def dataReceived(self, data):
+        if self.exchange is None:
+            # A server speaking out of turn on an idle connection: nothing can
+            # be matched to it, so the connection cannot be trusted any more.
+            self.reusable = False
+            self.transport.loseConnection()
+            return
+        self._got_bytes = True
+        if self._reader is None:
+            data = self._read_head(data)
+            if data is None:
+                return
+        reader = self._reader
+        try:
+            rest = reader.feed(data)
+        except framing.BadMessage as e:
+            self._bad_response(e)
+            return
+        if reader.done:
+            self._finish(rest)
+
+    def _read_head(self, data):
+        """
+        Parse response heads (any 1xx, then the final one).
+
+        @return: the bytes after the final head, or C{None} when the head is
+            not complete yet or the connection was given up.
+        """
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(framing.HEAD_END)
+            if end < 0:
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    self._bad_response(framing.BadMessage(502, "response head too large"))
+                    return None
+                self._buf = buf
+                return None
+            head, buf = buf[:end], buf[end + 4 :]
+            try:
+                version, status, reason, fields = framing.parse_response_head(head)
+                index = framing.index(fields)
+                kind, length = framing.response_framing(self._method, status, index)
+            except framing.BadMessage as e:
+                self._bad_response(e)
+                return None
+            if status < 200 and status != 101:
+                self.exchange.informational(status, reason, fields, index)
+                if self.exchange is None:
+                    return None
+                continue
+            self._buf = b""
+            if status == 101 or wants_close(version, index) or kind == framing.CLOSE:
+                self.reusable = False
+            self._reader = framing.BodyReader(kind, length, self._on_body)
+            self.exchange.response_head(status, reason, fields, index, kind, length)
+            if self.exchange is None:
+                return None
+            return buf
+
+    def _on_body(self, data):
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.response_data(data)
+
+    def _bad_response(self, error):
+        exchange = self.exchange
+        self.abort()
+        if exchange is not None:
+            exchange.upstream_failed(error)
+
+    def _finish(self, rest):
+        exchange = self.exchange
+        trailers = self._reader.trailers
+        self._reader = None
+        self.exchange = None
+        self.reused = True
+        if rest:
+            # Bytes after a complete response belong to no request.
+            self.reusable = False
+        if exchange is not None:
+            exchange.response_end(trailers)
+        if self.reusable and self.request_sent:
+            self.pool.release(self)
+        else:
+            self.reusable = False
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.reusable = False
+        self.pool.connection_lost(self)
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if self._reader is not None and self._reader.kind == framing.CLOSE:
+            self._finish(b"")
+            return
+        self.exchange = None
+        exchange.upstream_lost(
+            response_started=self._got_bytes, reused=self.reused
+        )
+
+
+class UpstreamFactory(ClientFactory):
+    """
+    Builds the connections of one pool and reports failed attempts to it.
+    """
+
+    protocol = UpstreamProtocol
+    noisy = False
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def buildProtocol(self, addr):
+        return UpstreamProtocol(self.pool)
+
+    def clientConnectionFailed(self, connector, reason):
+        self.pool.connection_failed(reason)

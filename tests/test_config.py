@@ -1,0 +1,150 @@
+"""
+Tests for L{origdst.config} and the plugin's L{origdst.tap.Options}.
+"""
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from origdst import config
+from origdst.tap import Options
+
+
+class SettingsTests(unittest.TestCase):
+    def test_defaults(self):
+        """
+        The defaults are Envoy's where Envoy has one (DESIGN.md section 3).
+        """
+        s = config.Settings()
+        self.assertEqual(
+            (s.port, s.cleanup_interval, s.connect_timeout, s.request_timeout),
+            ("tcp:4999", 5.0, 5.0, 15.0),
+        )
+        self.assertEqual((s.server_name, s.header_prefix), ("origdst", "x-envoy"))
+        self.assertEqual((s.max_connections, s.max_pending_requests), (1024, 1024))
+
+    def test_bad_values_name_the_setting(self):
+        """
+        Each rejected value is reported with the setting's name and the value.
+        """
+        cases = [
+            ("cleanup-interval", "0"),
+            ("cleanup-interval", "soon"),
+            ("connect-timeout", "-1"),
+            ("request-timeout", "nan"),
+            ("header-prefix", "x envoy"),
+            ("server-name", "a\nb"),
+            ("log-level", "loud"),
+            ("max-connections", "0"),
+            ("port", "70000"),
+        ]
+        for option, value in cases:
+            e = self.assertRaises(config.ConfigError, config.parse, option, value)
+            self.assertIn(option, str(e))
+            self.assertIn(repr(value), str(e))
+
+    def test_request_timeout_zero_disables(self):
+        """
+        A request timeout of 0 is allowed: it means none.
+        """
+        self.assertEqual(config.parse("request-timeout", "0"), 0.0)
+
+    def test_bare_port_number(self):
+        """
+        A bare number is a TCP port; anything else is an endpoint description.
+        """
+        self.assertEqual(config.parse("port", "4999"), "tcp:4999")
+        self.assertEqual(config.parse("port", "tcp6:4999"), "tcp6:4999")
+
+
+class OptionsTests(unittest.TestCase):
+    def write(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def parse(self, *argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options.settings
+
+    def test_no_options(self):
+        """
+        With no option the settings are the defaults.
+        """
+        self.assertEqual(self.parse(), config.Settings())
+
+    def test_flags(self):
+        """
+        Every flag is converted and lands in the settings.
+        """
+        s = self.parse(
+            "--port", "5000", "--cleanup-interval", "1.5", "--request-timeout", "0",
+            "--server-name", "edge", "--header-prefix", "X-Corp", "--log-level", "DEBUG",
+        )
+        self.assertEqual(
+            (s.port, s.cleanup_interval, s.request_timeout, s.server_name, s.header_prefix, s.log_level),
+            ("tcp:5000", 1.5, 0.0, "edge", "x-corp", "debug"),
+        )
+
+    def test_config_file_and_override(self):
+        """
+        The config file sets values; a flag given as well wins over it.
+        """
+        path = self.write("[origdst]\ncleanup-interval = 10\nconnect-timeout = 2\n")
+        s = self.parse("--config", path, "--connect-timeout", "3")
+        self.assertEqual((s.cleanup_interval, s.connect_timeout), (10.0, 3.0))
+
+    def test_config_file_errors(self):
+        """
+        An unknown key, a bad value or a missing file is a usage error naming it.
+        """
+        for text, expected in [
+            ("[origdst]\ncleanup-intervall = 10\n", "cleanup-intervall"),
+            ("[origdst]\ncleanup-interval = never\n", "cleanup-interval: not a number"),
+            ("[other]\nx = 1\n", "[other]"),
+            ("no section here\n", "not a valid config file"),
+        ]:
+            path = self.write(text)
+            e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
+            self.assertIn(expected, str(e))
+            self.assertIn(path, str(e))
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", "/nonexistent/origdst.conf")
+        self.assertIn("/nonexistent/origdst.conf", str(e))
+
+    def test_bad_flag_is_usage_error(self):
+        """
+        A bad flag value is a usage error that names the flag and the value.
+        """
+        e = self.assertRaises(usage.UsageError, self.parse, "--connect-timeout", "abc")
+        self.assertIn("--connect-timeout", str(e))
+        self.assertIn("'abc'", str(e))
+
+    def test_bad_endpoint(self):
+        """
+        An endpoint description Twisted cannot parse is a usage error.
+        """
+        e = self.assertRaises(usage.UsageError, self.parse, "--port", "tcpx:1")
+        self.assertIn("--port", str(e))
+        self.assertIn("tcpx:1", str(e))
+
+    def test_help_lists_defaults(self):
+        """
+        --help shows each option with its default.
+        """
+        text = str(Options())
+        for option in config.PARSERS:
+            self.assertIn(f"--{option}=", text)
+        self.assertIn("[default: 5]", text)
+        self.assertIn("[default: tcp:4999]", text)
+
+    def test_example_config_file_is_valid(self):
+        """
+        conf/origdst.conf, the shipped example, parses.
+        """
+        import os
+
+        path = os.path.join(os.path.dirname(__file__), "..", "conf", "origdst.conf")
+        if not os.path.exists(path):
+            raise unittest.SkipTest("conf/origdst.conf is not there")
+        self.assertIsInstance(self.parse("--config", path), config.Settings)
