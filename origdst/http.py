@@ -417,6 +417,13 @@ class Exchange:
             frame += b"connection: keep-alive\r\n"
         self.close_after = close
         service_ms = int((channel.reactor.seconds() - self.sent_at) * 1000)
+        if debug_enabled():
+            log.debug(
+                "{tag} upstream headers complete: {status}, after {ms} ms.",
+                tag=self.tag,
+                status=status,
+                ms=service_ms,
+            )
         channel.transport.write(
             response_head(
                 status, reason, fields, index, channel.server, channel.prefix, service_ms, frame

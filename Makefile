@@ -1,0 +1,79 @@
+# origdst: developer and demo targets.
+#
+#   make test    virtualenv + trial (the e2e tests need root and iptables, else they skip)
+#   make demo    root: Envoy's original-destination tutorial in throwaway namespaces
+#   make run     the proxy in the foreground (needs the REDIRECT rule: conf/iptables.sh)
+#   make clean   remove the virtualenv and build/test leftovers
+#
+# Every Python command runs with PYTHONPATH=$(CURDIR): that is what lets
+# twistd find twisted/plugins/origdst_plugin.py from the source tree (an
+# editable install alone does not make the plugin discoverable).
+
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 4999
+ARGS ?=
+CONFIG ?= conf/origdst.conf
+TESTS ?= tests
+TRIAL_ARGS ?=
+# httpbin is for the demo only, not a dependency of origdst. 0.10.x is the
+# first release that works with Flask/Werkzeug 3 (0.7.0 imports names that
+# Werkzeug 2.1 removed); checked with httpbin 0.10.4, Flask 3.1, Werkzeug 3.1.
+DEMO_PACKAGES ?= httpbin>=0.10.2
+
+VPY := $(VENV)/bin/python
+RUN_ENV := PYTHONPATH=$(CURDIR)
+VENV_STAMP := $(VENV)/.origdst-installed
+DEMO_STAMP := $(VENV)/.origdst-demo-installed
+
+.PHONY: venv test run demo clean check-root
+
+venv: $(VENV_STAMP)
+
+# Debian's python3 ships venv without ensurepip unless python3-venv is
+# installed: "python3 -m venv" then fails and leaves a venv without pip.
+$(VPY):
+	@if ! $(PYTHON) -m venv $(VENV); then \
+	    rm -rf $(VENV); \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "== $(PYTHON) -m venv failed: installing python3-venv with apt-get"; \
+	        apt-get update && DEBIAN_FRONTEND=noninteractive \
+	            apt-get install -y --no-install-recommends python3-venv \
+	        && $(PYTHON) -m venv $(VENV); \
+	    else \
+	        echo "error: '$(PYTHON) -m venv' failed. Install the venv module" \
+	             "(Debian/Ubuntu: apt-get install python3-venv) or run make as root." >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+$(VENV_STAMP): setup.py | $(VPY)
+	$(VPY) -m pip install -e .
+	@touch $@
+
+test: $(VENV_STAMP)
+	$(RUN_ENV) $(VPY) -m twisted.trial $(TRIAL_ARGS) $(TESTS)
+
+# Traffic reaches the proxy only through a REDIRECT rule whose owner match
+# exempts the proxy's own user: sudo conf/iptables.sh up --port $(PORT) --uid <proxy user>
+run: $(VENV_STAMP)
+	@echo "== origdst on port $(PORT); it sees traffic only once the REDIRECT rule is in place:"
+	@echo "==   sudo conf/iptables.sh up --port $(PORT) --uid $$(id -un)"
+	$(RUN_ENV) $(VENV)/bin/twistd -n --pidfile= origdst --config $(CONFIG) --port $(PORT) $(ARGS)
+
+$(DEMO_STAMP): $(VENV_STAMP)
+	$(VPY) -m pip install $(foreach p,$(DEMO_PACKAGES),'$(p)')
+	@$(VPY) -c 'import httpbin; assert httpbin.app.test_client().get("/get").status_code == 200' \
+	    || { echo "error: httpbin does not serve /get with the Flask/Werkzeug pip picked;" \
+	              "set DEMO_PACKAGES to a working set, e.g. DEMO_PACKAGES='httpbin flask<3'" >&2; exit 1; }
+	@touch $@
+
+check-root:
+	@[ "$$(id -u)" = 0 ] || { echo "error: make demo needs root (network namespaces and iptables): sudo make demo" >&2; exit 1; }
+
+demo: check-root $(DEMO_STAMP)
+	ORIGDST_VENV=$(abspath $(VENV)) bash conf/demo.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache twistd.pid
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,499 @@
+"""
+A two-namespace network for end-to-end tests, built like Envoy's original-destination tutorial.
+
+Namespace C holds the client and the proxy: an iptables nat OUTPUT REDIRECT rule with an owner
+match sends connections of unprivileged users to the proxy's port, while the proxy's own (root)
+upstream connections pass untouched.  Namespace S holds the backend.  The two are joined by a
+veth pair::
+
+    C  10.250.0.2/24  fd00:250::2/64  <--veth-->  10.250.0.3/24  fd00:250::3/64  S
+
+Everything happens inside namespaces this module creates: the root namespace's links and
+iptables rules are never touched (the veth pair is created inside C with its peer moved straight
+into S), and traffic only goes to loopback or to the addresses above.  Namespace names carry the
+creating process's pid (C{od<pid>c}, C{od<pid>s}) so concurrent runs never collide, and a run
+removes leftovers of earlier runs of ours whose process no longer exists.
+
+Cleanup is layered because a half-torn-down fixture leaves processes and namespaces behind:
+L{Topology.stop} (called from test cleanups), an C{atexit} hook for interrupted runs, and the
+stale sweep at the next start for runs that were killed outright.
+"""
+
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+#: Prefix of every namespace we create; the full name is C{od<pid>c} or C{od<pid>s}.
+PREFIX = "od"
+_NAME_RE = re.compile(r"^%s(\d+)[cs]$" % PREFIX)
+#: Prefix of our work directories (logs, the client script) in the temporary directory.
+WORKDIR_PREFIX = "origdst-e2e-"
+_WORKDIR_RE = re.compile(r"^%s(\d+)-" % WORKDIR_PREFIX)
+
+CLIENT_V4 = "10.250.0.2"
+SERVER_V4 = "10.250.0.3"
+#: In the /24 but assigned nowhere: REDIRECT catches it in C before it could leave.
+UNASSIGNED_V4 = "10.250.0.4"
+CLIENT_V6 = "fd00:250::2"
+SERVER_V6 = "fd00:250::3"
+
+#: The unprivileged user that makes the requests; the owner match lets uid 0 through.
+CLIENT_UID = 65534
+
+#: twistd, run by the interpreter the tests use.  (C{python -m twisted} is C{twist}, whose
+#: options differ: no C{-n}, no C{--pidfile}.)
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+REQUIRED_TOOLS = ("ip", "iptables", "ip6tables", "setpriv", "ss")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(_HERE)
+
+# Every Topology that is started and not yet stopped, for the atexit hook.
+_live = []
+
+
+class TopologyError(Exception):
+    """
+    The namespace fixture could not be built or a managed process misbehaved.
+    """
+
+
+def unavailable_reason():
+    """
+    Say why namespace tests cannot run here, without changing anything.
+
+    @return: a reason for skipping, or L{None} if root and all tools are present.
+    """
+    if os.geteuid() != 0:
+        return "needs root (network namespaces and iptables)"
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return "missing tools: %s" % ", ".join(missing)
+    return None
+
+
+def _run(argv, timeout=20, check=True, input=None):
+    """
+    Run a short command, bounded in time.
+
+    @return: the L{subprocess.CompletedProcess} (text mode).
+    """
+    proc = subprocess.run(
+        argv,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise TopologyError(
+            "%s failed (%d): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip())
+        )
+    return proc
+
+
+def list_namespaces():
+    """
+    @return: the names of all named network namespaces (C{ip netns list}).
+    """
+    out = _run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def our_namespaces(pid=None):
+    """
+    @param pid: only those created by this pid; L{None} for any of ours.
+    @return: names of namespaces that follow our naming scheme.
+    """
+    names = []
+    for name in list_namespaces():
+        match = _NAME_RE.match(name)
+        if match and (pid is None or int(match.group(1)) == pid):
+            names.append(name)
+    return names
+
+
+def _pid_running(pid):
+    """
+    @return: whether C{pid} exists and is not a zombie (a killed run not yet reaped).
+    """
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def remove_stale_namespaces():
+    """
+    Remove namespaces of ours left behind by runs whose process is gone (killed outright, so
+    neither cleanups nor atexit ran).  Processes still inside such a namespace are the proxy and
+    backend that dead run started; they are killed by pid so the namespace really goes away.
+    Their work directories go too.
+
+    @return: the names of the namespaces removed.
+    """
+    removed = []
+    for name in our_namespaces():
+        owner = int(_NAME_RE.match(name).group(1))
+        if owner == os.getpid() or _pid_running(owner):
+            continue
+        pids = _run(["ip", "netns", "pids", name], check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run(["ip", "netns", "del", name], check=False)
+        removed.append(name)
+    tmp = tempfile.gettempdir()
+    for entry in os.listdir(tmp):
+        match = _WORKDIR_RE.match(entry)
+        if match and not _pid_running(int(match.group(1))):
+            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
+    return removed
+
+
+class ManagedProcess:
+    """
+    A long-running process started in a namespace, in its own session so that stopping it means
+    signalling exactly the process group we created.
+
+    @ivar name: a short label for messages.
+    @ivar log_path: where its stdout and stderr go.
+    """
+
+    def __init__(self, name, argv, log_path, env=None):
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def running(self):
+        return self.popen.poll() is None
+
+    def stop(self, timeout=5):
+        """
+        SIGTERM the process group, then SIGKILL it if it is still there after C{timeout}.
+        Only signalled while unreaped, so the group id cannot have been reused.
+        """
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.popen.poll() is not None:
+                break
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+        return self.popen.returncode
+
+
+def wait_for(predicate, timeout, interval=0.05, what="condition"):
+    """
+    Poll C{predicate} until it returns something true, for at most C{timeout} seconds.
+
+    @return: the true value.
+    @raise TopologyError: on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TopologyError("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+class Topology:
+    """
+    Namespaces C (client and proxy) and S (backend) joined by a veth pair.
+
+    @ivar client: name of namespace C.
+    @ivar server: name of namespace S.
+    @ivar workdir: a private temporary directory for logs and the client script.
+    @ivar client_python: the interpreter uid 65534 runs the client with (set by L{start}).
+    """
+
+    def __init__(self, python=None):
+        pid = os.getpid()
+        self.client = "%s%dc" % (PREFIX, pid)
+        self.server = "%s%ds" % (PREFIX, pid)
+        self.python = python or sys.executable
+        self.workdir = None
+        self.client_python = None
+        self.proxy = None
+        self.backend = None
+        self._procs = []
+
+    # -- building and tearing down -------------------------------------------------------
+
+    def start(self):
+        """
+        Create both namespaces, the veth pair and the addresses, and find an interpreter the
+        unprivileged client can run.  On any failure, whatever was built is removed again.
+        """
+        reason = unavailable_reason()
+        if reason:
+            raise TopologyError(reason)
+        remove_stale_namespaces()
+        _live.append(self)
+        _install_sigterm_handler()
+        try:
+            self.workdir = tempfile.mkdtemp(prefix="%s%d-" % (WORKDIR_PREFIX, os.getpid()))
+            self._build()
+            self._install_client()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _build(self):
+        c, s = self.client, self.server
+        cveth, sveth = c + "0", s + "0"
+        for ns in (c, s):
+            _run(["ip", "netns", "add", ns])
+        # Created inside C with its peer moved straight into S: the root namespace never
+        # sees either end.
+        _run(["ip", "-n", c, "link", "add", cveth, "type", "veth", "peer", "name", sveth,
+              "netns", s])
+        ends = ((c, cveth, CLIENT_V4, CLIENT_V6), (s, sveth, SERVER_V4, SERVER_V6))
+        for ns, dev, v4, v6 in ends:
+            _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"],
+                 check=False)
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "-n", ns, "addr", "add", v4 + "/24", "dev", dev])
+            # nodad: usable at once instead of after duplicate address detection.
+            _run(["ip", "-n", ns, "-6", "addr", "add", v6 + "/64", "dev", dev, "nodad"])
+            _run(["ip", "-n", ns, "link", "set", dev, "up"])
+
+    def _install_client(self):
+        """
+        Copy netclient.py to a world-readable directory (the repo may sit under a mode-700
+        home) and pick the first interpreter uid 65534 can actually run it with.
+        """
+        client_dir = os.path.join(self.workdir, "client")
+        os.mkdir(client_dir)
+        os.chmod(self.workdir, 0o755)
+        os.chmod(client_dir, 0o755)
+        self.client_script = os.path.join(client_dir, "netclient.py")
+        shutil.copyfile(os.path.join(_HERE, "netclient.py"), self.client_script)
+        os.chmod(self.client_script, 0o644)
+        tried = []
+        for python in (sys.executable, "/usr/bin/python3"):
+            if not python or not os.path.exists(python):
+                continue
+            proc = _run(self._as_client([python, self.client_script, "--probe"]), check=False)
+            if proc.returncode == 0 and proc.stdout.strip() == "ok":
+                self.client_python = python
+                return
+            tried.append("%s: %s" % (python, (proc.stderr or proc.stdout).strip()[-200:]))
+        raise TopologyError("no Python that uid %d can run: %s" % (CLIENT_UID, "; ".join(tried)))
+
+    def stop(self):
+        """
+        Stop our processes, delete our namespaces (which removes their veths and iptables
+        rules with them) and the work directory.  Safe to call more than once.
+
+        @return: the names of our namespaces still present afterwards (should be empty).
+        """
+        for proc in reversed(self._procs):
+            proc.stop()
+        self._procs = []
+        for ns in (self.client, self.server):
+            if ns in list_namespaces():
+                _run(["ip", "netns", "del", ns], check=False)
+        if self.workdir and os.environ.get("ORIGDST_E2E_KEEP") is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self in _live:
+            _live.remove(self)
+        return [ns for ns in our_namespaces(os.getpid()) if ns in (self.client, self.server)]
+
+    # -- commands inside the namespaces ------------------------------------------------
+
+    def exec(self, ns, argv, **kwargs):
+        """
+        Run a short command inside namespace C{ns} as root.
+        """
+        return _run(["ip", "netns", "exec", ns] + list(argv), **kwargs)
+
+    def _as_client(self, argv):
+        return ["ip", "netns", "exec", self.client, "setpriv",
+                "--reuid=%d" % CLIENT_UID, "--regid=%d" % CLIENT_UID, "--clear-groups"] + argv
+
+    def add_redirect(self, dst, dports, to_port, owner_match=True):
+        """
+        Add a nat OUTPUT REDIRECT rule in C, with ip6tables for an IPv6 C{dst}.
+
+        @param dports: destination ports (an int or a list).
+        @param owner_match: exclude uid 0 (the proxy) so its upstream connections are not
+            redirected back to it; without it, a loop.
+        """
+        tool = "ip6tables" if ":" in dst else "iptables"
+        if isinstance(dports, int):
+            dports = [dports]
+        rule = [tool, "-w", "5", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", dst,
+                "-m", "multiport", "--dports", ",".join(str(p) for p in dports)]
+        if owner_match:
+            rule += ["-m", "owner", "!", "--uid-owner", "0"]
+        rule += ["-j", "REDIRECT", "--to-port", str(to_port)]
+        self.exec(self.client, rule)
+
+    def listening(self, ns, port):
+        """
+        @return: whether something in C{ns} listens on TCP C{port}.
+        """
+        out = self.exec(ns, ["ss", "-Hltn"], check=False).stdout
+        return any(re.search(r":%d$" % port, line.split()[3]) for line in out.splitlines()
+                   if len(line.split()) >= 4)
+
+    # -- long-running processes ------------------------------------------------------
+
+    def _spawn(self, name, ns, argv, port, timeout=20, env=None):
+        log_path = os.path.join(self.workdir, name + ".log")
+        proc = ManagedProcess(name, ["ip", "netns", "exec", ns] + argv, log_path, env=env)
+        self._procs.append(proc)
+
+        def ready():
+            if not proc.running():
+                raise TopologyError("%s exited with %s:\n%s" % (
+                    name, proc.popen.returncode, self._tail(log_path)))
+            return self.listening(ns, port)
+
+        try:
+            wait_for(ready, timeout, interval=0.1, what="%s listening on %d" % (name, port))
+        except TopologyError as e:
+            raise TopologyError("%s\n%s" % (e, self._tail(log_path)))
+        return proc
+
+    def start_backend(self, port=80):
+        """
+        Start tests/backend.py in S listening dual-stack on C{port}.
+        """
+        self.backend = self._spawn(
+            "backend", self.server,
+            [self.python, os.path.join(_HERE, "backend.py"), "--port", str(port)], port)
+        return self.backend
+
+    def start_proxy(self, args, port):
+        """
+        Start the proxy in C as root under twistd with the repo on C{PYTHONPATH} so the
+        plugin in twisted/plugins/ is found.
+
+        @param args: origdst options after the plugin name, e.g. C{["--port", "tcp6:15001"]}.
+        @param port: the port to wait for.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO_ROOT + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        # The log goes to stdout, i.e. to proxy.log: a twistd log file would rotate at 1 MB
+        # and invalidate offsets into it.
+        argv = [self.python, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-",
+                "origdst"] + list(args)
+        self.proxy = self._spawn("proxy", self.client, argv, port, env=env)
+        return self.proxy
+
+    def proxy_log(self):
+        """
+        @return: everything the proxy logged or wrote to stdout/stderr so far.
+        """
+        if self.proxy and os.path.exists(self.proxy.log_path):
+            with open(self.proxy.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        return ""
+
+    def backend_log(self):
+        """
+        @return: the backend's output (one line per request).
+        """
+        if self.backend and os.path.exists(self.backend.log_path):
+            with open(self.backend.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        return ""
+
+    @staticmethod
+    def _tail(path, lines=30):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    # -- the client ------------------------------------------------------------------
+
+    def run_client(self, spec, timeout=60):
+        """
+        Run netclient.py in C as uid 65534 with C{spec} (see netclient.py) on stdin.
+
+        @return: the decoded JSON it prints.
+        """
+        proc = subprocess.Popen(
+            self._as_client([self.client_python, self.client_script]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(json.dumps(spec), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=5)
+            raise TopologyError("client timed out after %ss: %r" % (timeout, spec))
+        if proc.returncode != 0:
+            raise TopologyError("client failed (%d): %s" % (proc.returncode, err.strip()))
+        return json.loads(out)
+
+
+def _on_sigterm(signum, frame):
+    """
+    A terminated run (SIGTERM's default action skips atexit) cleans up, then dies of the
+    signal as it would have.
+    """
+    _stop_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm_handler():
+    """
+    Take over SIGTERM only where nobody else handles it, and only from the main thread.
+    """
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+
+
+@atexit.register
+def _stop_all():
+    """
+    Interrupted runs (Ctrl-C) skip test cleanups; still leave nothing behind.
+    """
+    for topology in list(_live):
+        try:
+            topology.stop()
+        except Exception as e:  # best effort at interpreter exit
+            sys.stderr.write("origdst e2e: cleanup of %s failed: %s\n" % (topology.client, e))
