@@ -8,6 +8,7 @@ module reads options of its own.
 
 import configparser
 import dataclasses
+import ipaddress
 import re
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -43,6 +44,14 @@ class Settings:
     max_pending_requests: int = 1024
     max_request_headers_kb: int = 60
     max_request_headers_count: int = 100
+    # Egress policy, as normalised rule texts (see parse_rule); empty allow
+    # lists allow everything.
+    allow: tuple = ()
+    deny: tuple = ()
+    allow_host: tuple = ()
+    deny_host: tuple = ()
+    allow_source: tuple = ()
+    use_original_dst_header: bool = False
 
 
 def _seconds(name, allow_zero=False):
@@ -127,6 +136,111 @@ def _log_level(name):
     return parse
 
 
+def parse_ports(text):
+    """
+    @param text: C{80,443,8000-8080}.
+    @return: a frozenset of port numbers.
+    @raise ValueError: for anything else.
+    """
+    ports = set()
+    for item in text.split(","):
+        low, dash, high = item.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"bad port {item!r}")
+        first, last = int(low), int(high if dash else low)
+        if not 0 < first <= last < 65536:
+            raise ValueError(f"bad port range {item!r}")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
+
+
+def parse_rule(text):
+    """
+    Parse one destination rule: C{NETWORK[:PORTS]}, where NETWORK is an IPv4
+    network or address, an IPv6 one in brackets (brackets may be left out
+    when no ports follow), or C{*} for any address.
+
+    @return: C{(network, ports)}; C{network} is an L{ipaddress} network or
+        C{None} for any, C{ports} a frozenset or C{None} for any.
+    @raise ValueError: naming what is wrong.
+    """
+    address, ports = text, None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or (close + 1 < len(text) and text[close + 1] != ":"):
+            raise ValueError(f"bad rule {text!r}")
+        address = text[1:close]
+        if close + 1 < len(text):
+            ports = parse_ports(text[close + 2 :])
+    elif text.count(":") == 1:
+        address, _, port_text = text.partition(":")
+        ports = parse_ports(port_text)
+    if address == "*":
+        return None, ports
+    try:
+        return ipaddress.ip_network(address, strict=False), ports
+    except ValueError:
+        raise ValueError(f"bad network {address!r} in {text!r}")
+
+
+def _items(value):
+    return [item for item in re.split(r"[\s;]+", str(value).strip()) if item]
+
+
+def _rules(name):
+    def parse(value):
+        items = _items(value)
+        for item in items:
+            try:
+                parse_rule(item)
+            except ValueError as e:
+                raise ConfigError(f"{name}: {e}")
+        return tuple(items)
+
+    return parse
+
+
+def _networks(name):
+    def parse(value):
+        items = [i for i in re.split(r"[\s,;]+", str(value).strip()) if i]
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name}: bad network {item!r}")
+        return tuple(items)
+
+    return parse
+
+
+_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*$")
+
+
+def _host_patterns(name):
+    def parse(value):
+        items = [i.lower().rstrip(".") for i in re.split(r"[\s,;]+", str(value).strip()) if i]
+        for item in items:
+            if not _HOST_PATTERN.match(item):
+                raise ConfigError(f"{name}: bad host name pattern {item!r}")
+        return tuple(items)
+
+    return parse
+
+
+def _boolean(name):
+    def parse(value):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: not true or false: {value!r}")
+
+    return parse
+
+
 # Each setting's parser, by the name used on the command line and in the
 # config file; the attribute of Settings is the same name with underscores.
 PARSERS = {
@@ -143,7 +257,17 @@ PARSERS = {
     "max-pending-requests": _positive_int("max-pending-requests"),
     "max-request-headers-kb": _positive_int("max-request-headers-kb"),
     "max-request-headers-count": _positive_int("max-request-headers-count"),
+    "allow": _rules("allow"),
+    "deny": _rules("deny"),
+    "allow-host": _host_patterns("allow-host"),
+    "deny-host": _host_patterns("deny-host"),
+    "allow-source": _networks("allow-source"),
+    "use-original-dst-header": _boolean("use-original-dst-header"),
 }
+
+# Settings that hold lists: each use of the flag adds to the list.
+LISTS = ("allow", "deny", "allow-host", "deny-host", "allow-source")
+FLAGS = ("use-original-dst-header",)
 
 
 def attribute(option):
@@ -160,6 +284,10 @@ def default(option):
     value = getattr(Settings(), attribute(option))
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(value) or "none"
     return str(value)
 
 

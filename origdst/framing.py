@@ -18,13 +18,16 @@ CLOSE = "close"  # everything until the connection closes (responses only)
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+# Controls, spaces, non-ASCII and fragments have no place in a request target.
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]{0,5})?\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _STATUS = re.compile(rb"[0-9]{3}\Z")
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 _HTTP_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 
 MAX_CHUNK_LINE = 4096
+MAX_REQUEST_LINE = 16 * 1024
 MAX_TRAILERS = 60 * 1024
 
 
@@ -89,6 +92,8 @@ def parse_request_head(head):
     @raise BadMessage: for anything malformed.
     """
     lines = head.split(b"\r\n")
+    if len(lines[0]) > MAX_REQUEST_LINE:
+        raise BadMessage(414, "request line too long")
     parts = lines[0].split(b" ")
     if len(parts) != 3:
         raise BadMessage(400, "malformed request line")
@@ -96,6 +101,13 @@ def parse_request_head(head):
     if not _TOKEN.match(method):
         raise BadMessage(400, "malformed method")
     if not target or _BAD_TARGET.search(target):
+        raise BadMessage(400, "malformed request target")
+    if not (
+        target[0] == 0x2F  # "/": origin-form
+        or target[:7].lower() == b"http://"  # absolute-form
+        or (target == b"*" and method == b"OPTIONS")  # asterisk-form
+        or method == b"CONNECT"  # authority-form
+    ):
         raise BadMessage(400, "malformed request target")
     if version not in _VERSIONS:
         if _HTTP_VERSION.match(version):
@@ -125,6 +137,35 @@ def parse_response_head(head):
     return parts[0], int(parts[1]), reason, fields
 
 
+def check_host(values):
+    """
+    @param values: the Host values of a request.
+    @raise BadMessage: unless there is at most one, of C{host[:port]} form.
+    """
+    if len(values) > 1:
+        raise BadMessage(400, "repeated Host header")
+    if values and not _HOST.match(values[0]):
+        raise BadMessage(400, "malformed Host header")
+
+
+def check_incomplete_head(buf, max_head):
+    """
+    Refuse a request head that is not complete yet but can never become a
+    valid one, rather than wait for more.
+
+    @raise BadMessage: for a request line over L{MAX_REQUEST_LINE} (414), a
+        head over C{max_head} bytes (431), or a head ended by bare LFs (400).
+    """
+    line_end = buf.find(b"\r\n")
+    if (line_end < 0 and len(buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+        raise BadMessage(414, "request line too long")
+    if len(buf) > max_head:
+        raise BadMessage(431, "request headers too large")
+    if b"\n\n" in buf:
+        # The end of a head written with bare LFs: it would never complete.
+        raise BadMessage(400, "bare LF in request head")
+
+
 def content_length(values, status=400):
     """
     @param values: every Content-Length value of a message.
@@ -135,7 +176,7 @@ def content_length(values, status=400):
     for value in values:
         for item in value.split(b","):
             item = item.strip(b" \t")
-            if not item.isdigit():
+            if not item.isdigit() or len(item) > 18:
                 raise BadMessage(status, "invalid Content-Length")
             lengths.add(int(item))
     if len(lengths) != 1:
@@ -156,11 +197,13 @@ def _is_chunked(values, status):
     raise BadMessage(501 if status == 400 else status, "unsupported transfer coding")
 
 
-def request_framing(headers):
+def request_framing(headers, version=b"HTTP/1.1"):
     """
     How the body of a request is delimited.
 
     @param headers: the request's L{index}.
+    @param version: the request's version; HTTP/1.0 knows no
+        Transfer-Encoding, so one there is refused.
     @return: C{(kind, length)}; C{length} is only meaningful for L{LENGTH}.
     @raise BadMessage: for ambiguous framing, which is what request smuggling
         is made of: both Transfer-Encoding and Content-Length, several
@@ -171,6 +214,8 @@ def request_framing(headers):
     if te is not None:
         if cl is not None:
             raise BadMessage(400, "both Transfer-Encoding and Content-Length")
+        if version != b"HTTP/1.1":
+            raise BadMessage(400, "Transfer-Encoding in an HTTP/1.0 request")
         _is_chunked(te, 400)
         return CHUNKED, 0
     if cl is not None:

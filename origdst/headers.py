@@ -23,6 +23,10 @@ HOP_BY_HOP = frozenset(
     ]
 )
 
+# Sent upstream with this process's marker; a request arriving with it has
+# been through this very proxy before: a loop.
+LOOP_HEADER = b"x-origdst-loop"
+
 # A request id worth propagating: visible ASCII, no spaces, of a sane length.
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
 
@@ -67,20 +71,25 @@ def request_id(index):
     return str(uuid.uuid4()).encode("ascii")
 
 
-def request_head(method, target, fields, index, host, prefix, timeout_ms, framing):
+def request_head(method, target, fields, index, host, prefix, timeout_ms, framing, marker):
     """
     The head sent upstream for a client's request.
+
+    The proxy's own request headers (the original-destination override and
+    the loop marker) are never forwarded as the client sent them.
 
     @param host: the C{Host} value to add when the client sent none
         (HTTP/1.0), since HTTP/1.1 upstream requires one.
     @param prefix: the lower-case header prefix, e.g. C{b"x-envoy"}.
     @param timeout_ms: the route timeout in ms, or 0 when there is none.
     @param framing: the framing field line, e.g. C{b"content-length: 5\\r\\n"}.
+    @param marker: this process's loop marker.
     @return: the head as bytes, with its final empty line.
     """
     timeout_name = prefix + b"-expected-rq-timeout-ms"
     drop = HOP_BY_HOP | connection_options(index)
     drop |= {b"x-forwarded-proto", b"x-request-id", timeout_name}
+    drop |= {prefix + b"-original-dst-host", LOOP_HEADER}
     out = [method + b" " + target + b" HTTP/1.1\r\n"]
     _copy(out, fields, drop)
     if b"host" not in index:
@@ -89,6 +98,7 @@ def request_head(method, target, fields, index, host, prefix, timeout_ms, framin
     out.append(b"x-request-id: " + request_id(index) + b"\r\n")
     if timeout_ms:
         out.append(timeout_name + b": %d\r\n" % timeout_ms)
+    out.append(LOOP_HEADER + b": " + marker + b"\r\n")
     out.append(framing)
     out.append(b"\r\n")
     return b"".join(out)
@@ -114,6 +124,21 @@ def response_head(status, reason, fields, index, server, prefix, service_ms, fra
     out.append(framing)
     out.append(b"\r\n")
     return b"".join(out)
+
+
+# Fields that describe framing or routing have no place in trailers, where a
+# later parser might act on them.
+_NOT_TRAILERS = HOP_BY_HOP | {
+    b"host", b"trailer", b"content-encoding", b"content-type", b"content-range",
+    b"authorization", b"proxy-authorization", b"cookie", b"set-cookie",
+}
+
+
+def forwardable_trailers(fields):
+    """
+    @return: the trailer fields worth forwarding.
+    """
+    return [(n, v) for n, v in fields if n.lower() not in _NOT_TRAILERS]
 
 
 def informational_head(status, reason, fields, index):

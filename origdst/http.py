@@ -15,9 +15,11 @@ from twisted.internet.protocol import Protocol
 from origdst import framing
 from origdst.flow import Pauser, connect_flow, disconnect_flow
 from origdst.headers import (
+    LOOP_HEADER,
     informational_head,
     request_head,
     response_head,
+    forwardable_trailers,
     wants_close,
 )
 from origdst.logs import debug_enabled, logger
@@ -52,21 +54,64 @@ class Refusal:
         self.body = body
 
 
-def origin_form(target):
+def parse_authority(authority, default_port=80):
     """
-    A request target as sent to an origin server: an absolute-form target
-    (C{http://host/path}, as proxy-aware clients send) loses its scheme and
-    authority, since the destination is the original one anyway.
+    @param authority: C{host[:port]}, an IPv6 host in brackets.
+    @return: C{(host, port)} with C{host} a str (an IP address in plain form
+        when it is one) and C{port} an int or C{default_port}; or C{None}
+        when it is malformed.
     """
-    if target[:7].lower() != b"http://":
-        return target
+    text = authority.decode("latin-1")
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = text.partition(":")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        port = int(port_text)
+    else:
+        port = default_port
+    try:
+        host = plain_ip(host)
+    except ValueError:
+        if not host or text.startswith("["):
+            return None
+    return host, port
+
+
+def absolute_target(target, destination):
+    """
+    Turn an absolute-form target (C{http://host/path}, as proxy-aware clients
+    send) into origin-form. The request still goes to its original
+    destination, so an authority that names another IP address or port is
+    refused rather than silently ignored; a name is not resolved, only made
+    the Host header (RFC 9112 section 3.2.2).
+
+    @return: C{(origin-form target, authority)}.
+    @raise framing.BadMessage: for a malformed or disagreeing authority.
+    """
     rest = target[7:]
+    end = len(rest)
     for i, c in enumerate(rest):
-        if c == 0x2F:  # "/"
-            return rest[i:]
-        if c == 0x3F:  # "?"
-            return b"/" + rest[i:]
-    return b"/"
+        if c in (0x2F, 0x3F):  # "/" or "?"
+            end = i
+            break
+    authority, path = rest[:end], rest[end:]
+    parsed = parse_authority(authority) if authority and b"@" not in authority else None
+    if parsed is None:
+        raise framing.BadMessage(400, "malformed absolute-form target")
+    host, port = parsed
+    if _is_ip(host) and (host, port) != tuple(destination):
+        raise framing.BadMessage(
+            400, "absolute-form target disagrees with the original destination"
+        )
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, authority
 
 
 class ProxyChannel(Protocol):
@@ -77,12 +122,14 @@ class ProxyChannel(Protocol):
         C{None} when the connection is refused.
     """
 
-    def __init__(self, cluster, settings, reactor, tag, resolve):
+    def __init__(self, cluster, settings, reactor, tag, resolve, policy):
         """
         @param resolve: called with this channel once connected; returns
             C{(destination, refusal)}, one of them C{None}.
+        @param policy: the L{origdst.policy.Policy} requests are checked with.
         """
         self.cluster = cluster
+        self.policy = policy
         self.settings = settings
         self.reactor = reactor
         self.tag = tag
@@ -136,8 +183,10 @@ class ProxyChannel(Protocol):
             end = buf.find(framing.HEAD_END)
             if end < 0 or end > self.max_head:
                 self.buf = buf
-                if len(buf) > self.max_head:
-                    self.reject(framing.BadMessage(431, "request headers too large"))
+                try:
+                    framing.check_incomplete_head(buf[:end] if end > 0 else buf, self.max_head)
+                except framing.BadMessage as e:
+                    self.reject(e)
                 return
             self.buf = buf[end + 4 :]
             self.start_request(buf[:end])
@@ -150,30 +199,45 @@ class ProxyChannel(Protocol):
             if len(fields) > self.settings.max_request_headers_count:
                 raise framing.BadMessage(431, "too many request headers")
             index = framing.index(fields)
-            kind, length = framing.request_framing(index)
+            kind, length = framing.request_framing(index, version)
             hosts = index.get(b"host", ())
-            if len(hosts) > 1 or (version == HTTP11 and not hosts):
-                raise framing.BadMessage(400, "missing or repeated Host header")
+            framing.check_host(hosts)
+            if version == HTTP11 and not hosts:
+                raise framing.BadMessage(400, "missing Host header")
             if method == b"CONNECT":
                 raise framing.BadMessage(501, "CONNECT is not supported")
+            if self.refusal is None:
+                destination = self.route(index)
+                if target[:7].lower() == b"http://":
+                    target, authority = absolute_target(target, destination)
+                    fields = [f for f in fields if f[0].lower() != b"host"]
+                    fields.append((b"Host", authority))
+                    index[b"host"] = [authority]
         except framing.BadMessage as e:
             self.reject(e)
             return
         if self.refusal is not None:
             self.local_reply(self.refusal.status, self.refusal.body, method=method)
             return
-        if self.cluster.is_own_upstream(*self.peer):
-            log.warn(
-                "{tag} redirect loop: the connection comes from origdst's own "
-                "upstream connection to {ip}:{port}; the iptables rule lacks the "
-                "owner match (-m owner ! --uid-owner <origdst's uid>). Answering 508.",
-                tag=self.tag,
-                ip=self.destination[0],
-                port=self.destination[1],
-            )
+        if self.is_loop(index):
             self.local_reply(508, b"redirect loop detected", method=method)
             return
-        ip, port = self.destination
+        ip, port = destination
+        denied = self.policy.destination_denied(ip, port) or self.policy.host_denied(
+            index.get(b"host", (b"",))[0]
+        )
+        if denied:
+            log.info(
+                "{tag} {method} {target} from {peer} to {dest} refused: {why}.",
+                tag=self.tag,
+                method=method.decode("latin-1"),
+                target=target.decode("latin-1"),
+                peer=_format(self.peer),
+                dest=host_key(ip, port),
+                why=denied,
+            )
+            self.local_reply(403, b"destination denied by egress policy", method=method)
+            return
         timeout = self.settings.request_timeout
         if kind == framing.CHUNKED:
             frame = b"transfer-encoding: chunked\r\n"
@@ -184,13 +248,14 @@ class ProxyChannel(Protocol):
         host = (f"[{ip}]" if ":" in ip else ip) + ("" if port == 80 else f":{port}")
         upstream_head = request_head(
             method,
-            origin_form(target),
+            target,
             fields,
             index,
             host.encode("ascii"),
             self.prefix,
             int(timeout * 1000),
             frame,
+            self.policy.marker,
         )
         pool = self.cluster.host(ip, port).pool
         exchange = Exchange(self, pool, method, version, upstream_head, kind)
@@ -215,6 +280,56 @@ class ProxyChannel(Protocol):
         if self.exchange is exchange and self.reader is not None and self.buf:
             data, self.buf = self.buf, b""
             self.dataReceived(data)
+
+    def route(self, index):
+        """
+        @return: where the request goes: the original destination, or with
+            C{--use-original-dst-header} the one its header names.
+        @raise framing.BadMessage: for an unusable override header.
+        """
+        if self.settings.use_original_dst_header:
+            values = index.get(self.prefix + b"-original-dst-host")
+            if values:
+                override = parse_authority(values[0], None)
+                if (
+                    len(values) > 1
+                    or override is None
+                    or override[1] is None
+                    or not _is_ip(override[0])
+                ):
+                    raise framing.BadMessage(
+                        400, f"invalid {self.settings.header_prefix}-original-dst-host header"
+                    )
+                return override
+        return self.destination
+
+    def is_loop(self, index):
+        """
+        Whether this request is the proxy talking to itself: it comes from one
+        of the proxy's own upstream connections (a REDIRECT rule without the
+        owner match), or carries this proxy's loop marker (it went round
+        through something else). Each is logged with its likely cause.
+        """
+        if self.cluster.is_own_upstream(*self.peer):
+            log.warn(
+                "{tag} redirect loop: the connection comes from origdst's own "
+                "upstream connection to {dest}; the iptables rule lacks the "
+                "owner match (-m owner ! --uid-owner <origdst's uid>). Answering 508.",
+                tag=self.tag,
+                dest=_format(self.destination),
+            )
+            return True
+        if self.policy.marker in index.get(LOOP_HEADER, ()):
+            log.warn(
+                "{tag} redirect loop: a request from {peer} to {dest} has already "
+                "passed through this proxy; check the iptables rules and any proxy "
+                "it was forwarded through. Answering 508.",
+                tag=self.tag,
+                peer=_format(self.peer),
+                dest=_format(self.destination),
+            )
+            return True
+        return False
 
     def exchange_done(self, exchange):
         """
@@ -347,7 +462,7 @@ class Exchange:
         """
         self.request_done = True
         if self.chunked_in:
-            last = framing.last_chunk(trailers)
+            last = framing.last_chunk(forwardable_trailers(trailers))
             if self.conn is not None:
                 self.conn.send([last])
             else:
@@ -439,7 +554,7 @@ class Exchange:
 
     def response_end(self, trailers):
         if self.chunked_out:
-            self.channel.transport.write(framing.last_chunk(trailers))
+            self.channel.transport.write(framing.last_chunk(forwardable_trailers(trailers)))
         self._release()
         if debug_enabled():
             log.debug("{tag} response complete.", tag=self.tag)
@@ -515,6 +630,14 @@ class Exchange:
             disconnect_flow(conn.pauser, channel.transport)
             self.conn = None
         self.channel.pauser.resume(CONNECTING)
+
+
+def _is_ip(host):
+    try:
+        plain_ip(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _format(address):

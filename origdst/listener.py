@@ -13,12 +13,14 @@ from twisted.internet.protocol import ServerFactory
 
 from origdst.http import NO_HEALTHY_UPSTREAM, ProxyChannel, Refusal
 from origdst.logs import debug_enabled, logger
+from origdst.policy import Policy
 from origdst.sockopt import NoOriginalDestination, host_key, original_destination, plain_ip
 
 log = logger("origdst.listener")
 
 NOT_REDIRECTED = Refusal(503, NO_HEALTHY_UPSTREAM)
 LOOP = Refusal(508, b"redirect loop detected")
+SOURCE_DENIED = Refusal(403, b"source not allowed to use this proxy")
 
 
 class ListenerFactory(ServerFactory):
@@ -37,11 +39,17 @@ class ListenerFactory(ServerFactory):
         self.settings = settings
         self.reactor = reactor
         self.original_destination = original_destination
+        self.policy = Policy(settings)
         self._ids = itertools.count(1)
 
     def buildProtocol(self, addr):
         return ProxyChannel(
-            self.cluster, self.settings, self.reactor, f"[C{next(self._ids)}]", self.resolve_for
+            self.cluster,
+            self.settings,
+            self.reactor,
+            f"[C{next(self._ids)}]",
+            self.resolve_for,
+            self.policy,
         )
 
     def resolve_for(self, channel):
@@ -51,6 +59,13 @@ class ListenerFactory(ServerFactory):
         """
         transport = channel.transport
         peer = host_key(*channel.peer)
+        if not self.policy.source_allowed(channel.peer[0]):
+            log.info(
+                "{tag} connection from {peer} refused: not in --allow-source.",
+                tag=channel.tag,
+                peer=peer,
+            )
+            return None, SOURCE_DENIED
         try:
             ip, port = self.original_destination(transport.getHandle())
         except NoOriginalDestination as e:

@@ -32,6 +32,14 @@ _HELP = {
     "max-pending-requests": "Requests per host waiting for a connection.",
     "max-request-headers-kb": "Largest request head, in KiB (431 above).",
     "max-request-headers-count": "Most request header fields (431 above).",
+    "allow": "Destinations allowed, NETWORK[:PORTS] (10.0.0.0/8:80,443, "
+    "[fd00::/8]:80, *:80); repeatable; none means all.",
+    "deny": "Destinations denied, as --allow; wins over --allow.",
+    "allow-host": "Host names allowed (example.com, *.example.com); repeatable.",
+    "deny-host": "Host names denied, as --allow-host.",
+    "allow-source": "Client networks that may use the proxy; repeatable; none means all.",
+    "use-original-dst-header": "Let <header-prefix>-original-dst-host: ip:port "
+    "choose the destination (still subject to the egress policy).",
 }
 
 
@@ -44,15 +52,25 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "Config file ([origdst] section, keys are option names)."]] + [
         [option, None, None, f"{_HELP[option]} [default: {config.default(option)}]"]
         for option in config.PARSERS
+        if option not in config.LISTS + config.FLAGS
     ]
+    optFlags = [[option, None, _HELP[option]] for option in config.FLAGS]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        for option in config.LISTS:
+            self[option] = None
 
     def postOptions(self):
         values = {}
         try:
             if self["config"] is not None:
                 values.update(config.read_file(self["config"]))
+            for option in config.FLAGS:
+                if self[option]:
+                    values[option] = True
             for option in config.PARSERS:
-                if self[option] is not None:
+                if self[option] is not None and option not in config.FLAGS:
                     try:
                         values[option] = config.parse(option, self[option])
                     except config.ConfigError as e:
@@ -65,6 +83,18 @@ class Options(usage.Options):
         except config.ConfigError as e:
             raise usage.UsageError(str(e))
         self.settings = settings
+
+
+def _list_option(option):
+    def add(self, value):
+        self[option] = value if self[option] is None else f"{self[option]} {value}"
+
+    add.__doc__ = f"{_HELP[option]} [default: {config.default(option)}]"
+    return add
+
+
+for _option in config.LISTS:
+    setattr(Options, "opt_" + _option.replace("-", "_"), _list_option(_option))
 
 
 class ListenerService(Service):

@@ -120,6 +120,34 @@ class OptionsTests(unittest.TestCase):
         self.assertIn("--connect-timeout", str(e))
         self.assertIn("'abc'", str(e))
 
+    def test_list_options_accumulate(self):
+        """
+        List options may be repeated; given on the command line they replace
+        the config file's list, and a bad entry names the option and entry.
+        """
+        path = self.write("[origdst]\nallow = 10.0.0.0/8:80\ndeny = 169.254.169.254\n")
+        s = self.parse("--config", path, "--allow", "192.168.0.0/16", "--allow", "[fd00::/8]:80,443")
+        self.assertEqual(s.allow, ("192.168.0.0/16", "[fd00::/8]:80,443"))
+        self.assertEqual(s.deny, ("169.254.169.254",))
+        e = self.assertRaises(usage.UsageError, self.parse, "--allow", "10.0.0.0/8:http")
+        self.assertIn("--allow", str(e))
+        self.assertIn("http", str(e))
+        e = self.assertRaises(usage.UsageError, self.parse, "--allow-host", "exa mple.com;bad_host")
+        self.assertIn("bad_host", str(e))
+
+    def test_flag_and_config_boolean(self):
+        """
+        --use-original-dst-header is off by default; on from the flag or the
+        config file; a bad config value is named.
+        """
+        self.assertFalse(self.parse().use_original_dst_header)
+        self.assertTrue(self.parse("--use-original-dst-header").use_original_dst_header)
+        path = self.write("[origdst]\nuse-original-dst-header = yes\n")
+        self.assertTrue(self.parse("--config", path).use_original_dst_header)
+        path = self.write("[origdst]\nuse-original-dst-header = maybe\n")
+        e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
+        self.assertIn("use-original-dst-header", str(e))
+
     def test_bad_endpoint(self):
         """
         An endpoint description Twisted cannot parse is a usage error.
@@ -134,7 +162,7 @@ class OptionsTests(unittest.TestCase):
         """
         text = str(Options())
         for option in config.PARSERS:
-            self.assertIn(f"--{option}=", text)
+            self.assertIn(f"--{option}" if option in config.FLAGS else f"--{option}=", text)
         self.assertIn("[default: 5]", text)
         self.assertIn("[default: tcp:4999]", text)
 

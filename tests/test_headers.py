@@ -19,7 +19,7 @@ class RequestHeadTests(unittest.TestCase):
     def rewrite(self, fields, timeout_ms=15000, frame=b""):
         index = framing.index(fields)
         head = headers.request_head(
-            b"GET", b"/p?q=1", fields, index, b"10.250.0.3", b"x-envoy", timeout_ms, frame
+            b"GET", b"/p?q=1", fields, index, b"10.250.0.3", b"x-envoy", timeout_ms, frame, b"m1"
         )
         return fields_of(head)
 

@@ -614,3 +614,180 @@ class RefusalTests(unittest.TestCase):
         Refusals carry status and body.
         """
         self.assertEqual((Refusal(508, b"x").status, Refusal(508, b"x").body), (508, b"x"))
+
+
+class PolicyTests(unittest.TestCase):
+    def setUp(self):
+        self.log = capture_log(self)
+
+    def reply(self, proxy, data, **client):
+        channel, transport = proxy.client(**client)
+        channel.dataReceived(data)
+        return parse_response(transport.value()), transport
+
+    def test_denied_destination(self):
+        """
+        A request to a denied destination gets 403 and a log line naming the
+        rule, and is never dialled.
+        """
+        proxy = ProxyHarness(self, deny=("10.250.0.0/24:80",))
+        (status, _, body, _), client = self.reply(proxy, GET)
+        self.assertEqual((status, body), (403, b"destination denied by egress policy"))
+        self.assertEqual(proxy.reactor.tcpClients, [])
+        self.assertTrue(any("denied by --deny 10.250.0.0/24:80" in line for line in self.log))
+
+    def test_allowed_destination(self):
+        """
+        A destination in the allow list is proxied as usual.
+        """
+        proxy = ProxyHarness(self, allow=("10.250.0.3:80",))
+        channel, client = proxy.client()
+        channel.dataReceived(GET)
+        self.assertEqual(len(proxy.reactor.tcpClients), 1)
+
+    def test_denied_host_name(self):
+        """
+        With host rules, the Host name is checked too.
+        """
+        proxy = ProxyHarness(self, allow_host=("*.example.com",))
+        (status, _, _, _), _ = self.reply(proxy, GET)
+        self.assertEqual(status, 403)
+        channel, client = proxy.client()
+        channel.dataReceived(GET.replace(b"Host: 10.250.0.3", b"Host: api.example.com"))
+        self.assertEqual(len(proxy.reactor.tcpClients), 1)
+
+    def test_source_not_allowed(self):
+        """
+        A client outside --allow-source gets 403 and nothing is dialled.
+        """
+        proxy = ProxyHarness(self, allow_source=("127.0.0.0/8",))
+        (status, _, _, _), client = self.reply(proxy, GET)
+        self.assertEqual(status, 403)
+        self.assertFalse(client.connected)
+        self.assertEqual(proxy.reactor.tcpClients, [])
+
+    def test_override_header_off(self):
+        """
+        By default the override header is ignored and not forwarded.
+        """
+        proxy = ProxyHarness(self)
+        channel, _ = proxy.client()
+        channel.dataReceived(GET.replace(b"\r\n\r\n", b"\r\nx-envoy-original-dst-host: 10.250.0.9:8080\r\n\r\n"))
+        self.assertEqual(proxy.reactor.tcpClients[0][:2], DEST)
+        upstream = proxy.accept_upstream()
+        self.assertNotIn(b"original-dst-host", upstream.value())
+
+    def test_override_header_on(self):
+        """
+        With --use-original-dst-header, the header's ip:port is the
+        destination, and it is removed before forwarding.
+        """
+        proxy = ProxyHarness(self, use_original_dst_header=True)
+        channel, _ = proxy.client()
+        channel.dataReceived(GET.replace(b"\r\n\r\n", b"\r\nx-envoy-original-dst-host: [fd00::9]:8080\r\n\r\n"))
+        self.assertEqual(proxy.reactor.tcpClients[0][:2], ("fd00::9", 8080))
+        upstream = proxy.accept_upstream()
+        self.assertNotIn(b"original-dst-host", upstream.value())
+
+    def test_override_header_checked_against_policy(self):
+        """
+        The override does not escape the egress policy.
+        """
+        proxy = ProxyHarness(self, use_original_dst_header=True, deny=("169.254.169.254",))
+        (status, _, _, _), _ = self.reply(
+            proxy, GET.replace(b"\r\n\r\n", b"\r\nx-envoy-original-dst-host: 169.254.169.254:80\r\n\r\n")
+        )
+        self.assertEqual(status, 403)
+        self.assertEqual(proxy.reactor.tcpClients, [])
+
+    def test_override_header_invalid(self):
+        """
+        An override that is not ip:port is a 400.
+        """
+        proxy = ProxyHarness(self, use_original_dst_header=True)
+        for value in (b"example.com:80", b"10.0.0.1", b"10.0.0.1:99999", b"[fd00::1"):
+            (status, _, _, _), _ = self.reply(
+                proxy, GET.replace(b"\r\n\r\n", b"\r\nx-envoy-original-dst-host: " + value + b"\r\n\r\n")
+            )
+            self.assertEqual(status, 400, value)
+        self.assertEqual(proxy.reactor.tcpClients, [])
+
+    def test_loop_marker(self):
+        """
+        Requests go upstream with this proxy's loop marker; one that comes
+        back with it is refused with 508. Another proxy's marker is replaced.
+        """
+        proxy = ProxyHarness(self)
+        channel, _ = proxy.client()
+        channel.dataReceived(GET.replace(b"\r\n\r\n", b"\r\nx-origdst-loop: 0123456789abcdef\r\n\r\n"))
+        upstream = proxy.accept_upstream()
+        marker = proxy.factory.policy.marker
+        self.assertIn(b"x-origdst-loop: " + marker + b"\r\n", upstream.value())
+        self.assertNotIn(b"0123456789abcdef", upstream.value())
+        (status, _, _, _), _ = self.reply(
+            proxy, GET.replace(b"\r\n\r\n", b"\r\nx-origdst-loop: " + marker + b"\r\n\r\n"),
+            peer=("10.250.0.2", 40001),
+        )
+        self.assertEqual(status, 508)
+        self.assertEqual(len(proxy.reactor.tcpClients), 1)
+
+
+class TargetTests(unittest.TestCase):
+    def setUp(self):
+        self.proxy = ProxyHarness(self)
+        self.log = capture_log(self)
+
+    def status(self, data):
+        channel, client = self.proxy.client()
+        channel.dataReceived(data)
+        return parse_response(client.value())[0] if client.value() else None
+
+    def test_absolute_form_agreeing(self):
+        """
+        An absolute-form target naming the original destination (or a name)
+        is forwarded in origin-form with its authority as Host.
+        """
+        self.status(b"GET http://10.250.0.3:80/x HTTP/1.1\r\nHost: other\r\n\r\n")
+        upstream = self.proxy.accept_upstream()
+        self.assertTrue(upstream.value().startswith(b"GET /x HTTP/1.1\r\n"))
+        self.assertIn(b"Host: 10.250.0.3:80\r\n", upstream.value())
+        self.assertNotIn(b"Host: other", upstream.value())
+
+    def test_absolute_form_disagreeing(self):
+        """
+        An absolute-form target naming another address or port is a 400, not
+        a way to reach somewhere else.
+        """
+        for target in (b"http://10.250.0.9/x", b"http://10.250.0.3:81/x", b"http://[fd00::3]/", b"http://u@10.250.0.3/", b"http:///x"):
+            self.assertEqual(self.status(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"), 400, target)
+        self.assertEqual(self.proxy.reactor.tcpClients, [])
+
+    def test_request_line_too_long(self):
+        """
+        A request line over the limit is a 414, complete or not.
+        """
+        long_target = b"/" + b"a" * (17 * 1024)
+        self.assertEqual(self.status(b"GET " + long_target + b" HTTP/1.1\r\nHost: h\r\n\r\n"), 414)
+        self.assertEqual(self.status(b"GET " + long_target), 414)
+
+    def test_bare_lf_head(self):
+        """
+        A head written with bare LFs is a 400, not a wait for ever.
+        """
+        self.assertEqual(self.status(b"GET / HTTP/1.1\nHost: h\n\n"), 400)
+
+    def test_transfer_encoding_in_http10(self):
+        """
+        HTTP/1.0 has no Transfer-Encoding; a request using it is a 400.
+        """
+        self.assertEqual(self.status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400)
+
+    def test_forbidden_trailers_dropped(self):
+        """
+        Trailer fields that would change framing or routing are not forwarded.
+        """
+        channel, _ = self.proxy.client()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        upstream = self.proxy.accept_upstream()
+        channel.dataReceived(b"0\r\nContent-Length: 5\r\nHost: evil\r\nX-Checksum: 1\r\n\r\n")
+        self.assertTrue(upstream.value().endswith(b"0\r\nX-Checksum: 1\r\n\r\n"))
