@@ -32,7 +32,7 @@ import time
 
 #: Prefix of every namespace we create; the full name is C{od<pid>c} or C{od<pid>s}.
 PREFIX = "od"
-_NAME_RE = re.compile(r"^%s(\d+)[cs]$" % PREFIX)
+_NAME_RE = re.compile(r"^%s(\d+)[a-z]*[cs]$" % PREFIX)
 #: Prefix of our work directories (logs, the client script) in the temporary directory.
 WORKDIR_PREFIX = "origdst-e2e-"
 _WORKDIR_RE = re.compile(r"^%s(\d+)-" % WORKDIR_PREFIX)
@@ -235,10 +235,14 @@ class Topology:
     @ivar client_python: the interpreter uid 65534 runs the client with (set by L{start}).
     """
 
-    def __init__(self, python=None):
+    def __init__(self, python=None, tag=""):
+        """
+        @param tag: a few lower-case letters that tell this topology's
+            namespaces from those of other topologies of the same process.
+        """
         pid = os.getpid()
-        self.client = "%s%dc" % (PREFIX, pid)
-        self.server = "%s%ds" % (PREFIX, pid)
+        self.client = "%s%d%sc" % (PREFIX, pid, tag)
+        self.server = "%s%d%ss" % (PREFIX, pid, tag)
         self.python = python or sys.executable
         self.workdir = None
         self.client_python = None
