@@ -15,11 +15,10 @@ L{tests.netns} removes the fixture instead.  Set C{ORIGDST_E2E_KEEP=1} to keep t
 
 import hashlib
 import json
-import os
 import re
 import uuid
 
-from twisted.trial import runner, unittest
+from twisted.trial import unittest
 
 from tests import netclient, netns
 from tests.backend import pattern
@@ -80,35 +79,17 @@ def backendSaw(testCase, response):
     return json.loads(response["body"])
 
 
-class OriginalDestinationTests(unittest.TestCase):
+class OriginalDestinationTests(netns.TopologyTestCase):
     """
     Requests through the proxy from an unprivileged client, redirected by iptables.
     """
 
-    topology = None
-    skipReason = None
-    fixtureError = None
-    _fixtureTried = False
-
     @classmethod
-    def setUpClass(cls):
+    def build(cls, topology):
         """
-        Build the namespaces and rules and start the backend and the proxy.  A machine that
-        cannot do namespaces skips the tests; a proxy that does not start fails them.
-        (Trial does not call this by itself: the first L{setUp} does.)
+        The rules (a REDIRECT with the owner match for the backend's addresses,
+        one without it for a loop), the backend and the proxy.
         """
-        cls._fixtureTried = True
-        reason = netns.unavailable_reason()
-        if reason:
-            cls.skipReason = reason
-            return
-        topology = netns.Topology()
-        try:
-            topology.start()
-        except netns.TopologyError as e:
-            cls.skipReason = "cannot build network namespaces: %s" % (e,)
-            return
-        cls.topology = topology
         try:
             for dst in (netns.SERVER_V4, netns.SERVER_V6):
                 topology.add_redirect(dst, [BACKEND_PORT, CLOSED_PORT], PROXY_PORT)
@@ -118,40 +99,12 @@ class OriginalDestinationTests(unittest.TestCase):
                                   owner_match=False)
         except netns.TopologyError as e:
             # A kernel without the nat table or the owner/multiport matches.
-            cls.skipReason = "cannot add the iptables REDIRECT rules: %s" % (e,)
-            return
-        try:
-            topology.start_backend(BACKEND_PORT)
-            topology.start_proxy(PROXY_ARGS, PROXY_PORT)
-        except Exception as e:
-            cls.fixtureError = "fixture failed: %s\nproxy log:\n%s" % (
-                e, topology.proxy_log()[-4000:])
-
-    @classmethod
-    def tearDownClass(cls):
-        """
-        Stop everything and check that our namespaces are really gone.
-        """
-        topology, cls.topology = cls.topology, None
-        cls._fixtureTried = False
-        cls.skipReason = cls.fixtureError = None
-        if topology is not None:
-            left = topology.stop()
-            if left:
-                raise AssertionError("namespaces left behind: %r" % (left,))
+            raise unittest.SkipTest("cannot add the iptables REDIRECT rules: %s" % (e,))
+        topology.start_backend(BACKEND_PORT)
+        topology.start_proxy(PROXY_ARGS, PROXY_PORT)
 
     def setUp(self):
-        cls = type(self)
-        if not cls._fixtureTried:
-            cls.setUpClass()
-        if cls.skipReason:
-            raise unittest.SkipTest(cls.skipReason)
-        if cls.fixtureError:
-            self.fail(cls.fixtureError)
-        self.topology = cls.topology
-        if not self.topology.proxy.running():
-            self.fail("the proxy exited (%s) during an earlier test:\n%s" % (
-                self.topology.proxy.popen.returncode, self.topology.proxy_log()[-4000:]))
+        netns.TopologyTestCase.setUp(self)
         self.logMark = len(self.topology.proxy_log())
 
     # -- helpers ---------------------------------------------------------------------
@@ -416,23 +369,6 @@ class OriginalDestinationTests(unittest.TestCase):
         "for every connection; covered by the unit tests")
 
 
-class FixtureTeardownTests(unittest.TestCase):
-    """
-    Runs after L{OriginalDestinationTests} (see L{testSuite}): the class-level teardown that
-    trial does not provide.
-    """
-
-    def test_tearDownClass(self):
-        """
-        Stopping the fixture removes both namespaces, with their rules and veths.
-        """
-        reason = netns.unavailable_reason()
-        if reason:
-            raise unittest.SkipTest(reason)
-        OriginalDestinationTests.tearDownClass()
-        self.assertEqual(netns.our_namespaces(os.getpid()), [])
-
-
 def testSuite():
     """
     The end-to-end tests, then their fixture's teardown.  Trial uses this when the module is
@@ -442,6 +378,4 @@ def testSuite():
     # The loop test last: a proxy that does fall into the loop should not take the other
     # tests down with it.
     names.sort(key=lambda name: name == "test_redirectLoop")
-    suite = runner.TestSuite([OriginalDestinationTests(name) for name in names])
-    suite.addTest(FixtureTeardownTests("test_tearDownClass"))
-    return suite
+    return netns.suite(OriginalDestinationTests, names)
