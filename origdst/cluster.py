@@ -13,6 +13,7 @@ from twisted.internet.task import LoopingCall
 from origdst.logs import logger
 from origdst.pool import Pool
 from origdst.sockopt import host_key
+from origdst.stats import Stats
 
 log = logger("origdst.cluster")
 
@@ -22,9 +23,10 @@ class Host:
     One original destination and its connection pool.
 
     @ivar used: a request chose this host since the last sweep.
+    @ivar last_used: when a request last chose it, in the reactor's seconds.
     """
 
-    __slots__ = ("key", "ip", "port", "pool", "used")
+    __slots__ = ("key", "ip", "port", "pool", "used", "last_used")
 
     def __init__(self, key, ip, port, pool):
         self.key = key
@@ -32,16 +34,20 @@ class Host:
         self.port = port
         self.pool = pool
         self.used = False
+        self.last_used = None
 
 
 class OriginalDstCluster(Service):
     """
     The hosts of this proxy, keyed by C{(ip, port)}, and their cleanup sweep.
+
+    @ivar stats: the process's L{Stats}, counted into all along the data path.
     """
 
-    def __init__(self, settings, reactor):
+    def __init__(self, settings, reactor, stats=None):
         self.settings = settings
         self.reactor = reactor
+        self.stats = Stats(reactor.seconds()) if stats is None else stats
         self.hosts = {}
         self.own_addresses = set()
         self._sweeper = None
@@ -54,10 +60,14 @@ class OriginalDstCluster(Service):
         host = self.hosts.get((ip, port))
         if host is None:
             key = host_key(ip, port)
-            pool = Pool(key, ip, port, self.settings, self.reactor, self.own_addresses)
+            pool = Pool(
+                key, ip, port, self.settings, self.reactor, self.own_addresses, self.stats
+            )
             host = self.hosts[(ip, port)] = Host(key, ip, port, pool)
+            self.stats.membership_change += 1
             log.debug("Created host {key}.", key=key)
         host.used = True
+        host.last_used = self.reactor.seconds()
         return host
 
     def is_own_upstream(self, ip, port):
@@ -72,6 +82,7 @@ class OriginalDstCluster(Service):
         Remove the hosts nobody used since the previous sweep.
         """
         log.debug("Cleaning up stale original dst hosts.")
+        removed = False
         for address, host in list(self.hosts.items()):
             if host.used or host.pool.in_use():
                 log.debug("Keeping active host {key}.", key=host.key)
@@ -80,6 +91,25 @@ class OriginalDstCluster(Service):
                 log.debug("Removing stale host {key}.", key=host.key)
                 del self.hosts[address]
                 host.pool.close()
+                removed = True
+        if removed:
+            # One membership update per sweep, as Envoy removes a batch.
+            self.stats.membership_change += 1
+
+    def gauges(self):
+        """
+        The cluster's gauges, by Envoy's leaf names, computed now from the
+        pools rather than kept up to date on every request.
+        """
+        pools = [host.pool for host in self.hosts.values()]
+        return {
+            "upstream_cx_active": sum(pool.cx_active() for pool in pools),
+            "upstream_rq_active": sum(pool.rq_active() for pool in pools),
+            "upstream_rq_pending_active": sum(len(pool.pending) for pool in pools),
+            "membership_total": len(pools),
+            # No health checking: every host is healthy.
+            "membership_healthy": len(pools),
+        }
 
     def startService(self):
         Service.startService(self)

@@ -8,6 +8,7 @@ response back. Bodies flow piece by piece, each side pausing the other when
 its write buffer fills.
 """
 
+import itertools
 from http.client import responses
 
 from twisted.internet.protocol import Protocol
@@ -32,6 +33,9 @@ HTTP11 = b"HTTP/1.1"
 RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 REQUEST_TIMEOUT = b"upstream request timeout"
+
+# Stream ids: each request's log lines carry [C<connection>][S<stream>].
+_streams = itertools.count(1)
 
 # Why a client connection is not being read.
 CONNECTING = "waiting for an upstream connection"
@@ -148,6 +152,9 @@ class ProxyChannel(Protocol):
 
     def connectionMade(self):
         self.pauser = Pauser(self.transport)
+        stats = self.cluster.stats
+        stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
         peer = self.transport.getPeer()
         self.peer = (plain_ip(peer.host), peer.port)
         self.destination, self.refusal = self.resolve(self)
@@ -265,7 +272,7 @@ class ProxyChannel(Protocol):
         if debug_enabled():
             log.debug(
                 "{tag} {method} {target} to {key}.",
-                tag=self.tag,
+                tag=exchange.tag,
                 method=method.decode("latin-1"),
                 target=target.decode("latin-1"),
                 key=pool.key,
@@ -360,6 +367,13 @@ class ProxyChannel(Protocol):
         """
         Answer the client from the proxy itself, in Envoy's plain-text form.
         """
+        stats = self.cluster.stats
+        if self.exchange is None:
+            # A request refused before it became an exchange counts here.
+            stats.downstream_rq_total += 1
+        stats.downstream_rq_xx[status // 100] += 1
+        if status == 508:
+            stats.redirect_loop += 1
         reason = responses.get(status, "Unknown").encode("ascii")
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n"
@@ -388,6 +402,7 @@ class ProxyChannel(Protocol):
 
     def connectionLost(self, reason):
         self.closing = True
+        self.cluster.stats.downstream_cx_active -= 1
         self._abort_exchange()
 
     def _abort_exchange(self):
@@ -444,7 +459,8 @@ class Exchange:
         self.retried = False
         self.sent_at = None
         self.timer = None
-        self.tag = channel.tag
+        self.tag = "%s[S%d]" % (channel.tag, next(_streams))
+        pool.stats.downstream_rq_total += 1
 
     # The request, from the client.
 
@@ -510,6 +526,13 @@ class Exchange:
     def response_head(self, status, reason, fields, index, kind, length):
         channel = self.channel
         self.response_started = True
+        stats = self.pool.stats
+        stats.downstream_rq_xx[status // 100] += 1
+        stats.upstream_rq_xx[status // 100] += 1
+        if status >= 500:
+            self.pool.rq_error += 1
+        else:
+            self.pool.rq_success += 1
         close = self.close_after or not self.request_done
         if kind == framing.LENGTH:
             frame = b"content-length: %d\r\n" % length
@@ -573,6 +596,7 @@ class Exchange:
             # reused: nothing was processed, so send it once more, fresh.
             log.debug("{tag} reused connection was closed; retrying.", tag=self.tag)
             self.retried = True
+            self.pool.stats.upstream_rq_retry += 1
             self.pool.request(self, fresh=True)
         else:
             self.upstream_reply(503, RESET_BEFORE_HEADERS + b"connection termination")
@@ -591,6 +615,8 @@ class Exchange:
 
     def timed_out(self):
         self.timer = None
+        self.pool.stats.upstream_rq_timeout += 1
+        self.pool.rq_timeout += 1
         log.info("{tag} upstream {key}: request timeout.", tag=self.tag, key=self.pool.key)
         if self.response_started:
             self.abort()
@@ -604,7 +630,10 @@ class Exchange:
         """
         A local reply caused by the upstream; the client connection is closed
         after it, as Envoy does, so the client does not reuse it blindly.
+        Envoy charges it to the cluster as an upstream response of its status.
         """
+        self.pool.stats.upstream_rq_xx[status // 100] += 1
+        self.pool.rq_error += 1
         self.abort()
         self.channel.local_reply(status, body, extra=extra, method=self.method)
 

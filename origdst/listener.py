@@ -69,6 +69,7 @@ class ListenerFactory(ServerFactory):
         try:
             ip, port = self.original_destination(transport.getHandle())
         except NoOriginalDestination as e:
+            self.cluster.stats.no_original_dst += 1
             log.warn(
                 "{tag} connection from {peer} has no original destination ({error}): "
                 "it was not redirected; is the iptables REDIRECT rule in place? "

@@ -27,15 +27,27 @@ class Pool:
     @ivar own_addresses: the set, shared by all pools, of the local addresses
         of the proxy's upstream connections; a redirected connection coming
         from one of them is the proxy talking to itself.
+    @ivar stats: the process's L{origdst.stats.Stats}; the other counters
+        (C{rq_total}, C{rx_bytes}, ...) are this host's own, shown by the
+        admin endpoint's C{/clusters}.
     """
 
-    def __init__(self, key, ip, port, settings, reactor, own_addresses):
+    def __init__(self, key, ip, port, settings, reactor, own_addresses, stats):
         self.key = key
         self.ip = ip
         self.port = port
         self.settings = settings
         self.reactor = reactor
         self.own_addresses = own_addresses
+        self.stats = stats
+        self.rq_total = 0
+        self.rq_success = 0
+        self.rq_error = 0
+        self.rq_timeout = 0
+        self.cx_total = 0
+        self.cx_connect_fail = 0
+        self.rx_bytes = 0
+        self.tx_bytes = 0
         self.factory = UpstreamFactory(self)
         self.idle = []
         self.connections = set()
@@ -50,6 +62,18 @@ class Pool:
         return bool(
             self.pending or self.connecting or len(self.connections) > len(self.idle)
         )
+
+    def cx_active(self):
+        """
+        Connections open or being opened, as Envoy's C{cx_active} counts them.
+        """
+        return len(self.connections) + self.connecting
+
+    def rq_active(self):
+        """
+        Requests being carried by a connection (waiting ones are pending).
+        """
+        return len(self.connections) - len(self.idle)
 
     def request(self, exchange, fresh=False):
         """
@@ -72,10 +96,13 @@ class Pool:
             if debug_enabled():
                 log.debug("{tag} creating a new connection to {key}.", tag=exchange.tag, key=self.key)
             self.pending.append(exchange)
+            self.stats.upstream_rq_pending_total += 1
             self._open()
         elif len(self.pending) < self.settings.max_pending_requests:
             self.pending.append(exchange)
+            self.stats.upstream_rq_pending_total += 1
         else:
+            self.stats.upstream_rq_pending_overflow += 1
             exchange.failed(OVERFLOW)
 
     def _room(self):
@@ -83,6 +110,8 @@ class Pool:
 
     def _open(self):
         self.connecting += 1
+        self.cx_total += 1
+        self.stats.upstream_cx_total += 1
         self.reactor.connectTCP(
             self.ip, self.port, self.factory, timeout=self.settings.connect_timeout
         )
@@ -109,7 +138,15 @@ class Pool:
         others keep waiting for attempts still under way or busy connections.
         """
         self.connecting -= 1
-        kind = CONNECT_TIMEOUT if reason.check(ConnectTimeoutError) else CONNECT_FAILURE
+        self.cx_connect_fail += 1
+        stats = self.stats
+        stats.upstream_cx_connect_fail += 1
+        if reason.check(ConnectTimeoutError):
+            # Envoy counts a connect timeout in both.
+            stats.upstream_cx_connect_timeout += 1
+            kind = CONNECT_TIMEOUT
+        else:
+            kind = CONNECT_FAILURE
         log.debug(
             "Connection to {key} failed: {reason}.",
             key=self.key,

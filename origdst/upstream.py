@@ -51,13 +51,25 @@ class UpstreamProtocol(Protocol):
         self._method = exchange.method
         self._got_bytes = False
         self.request_sent = False
-        self.transport.write(exchange.upstream_head)
+        head = exchange.upstream_head
+        pool = self.pool
+        pool.rq_total += 1
+        pool.tx_bytes += len(head)
+        stats = pool.stats
+        stats.upstream_rq_total += 1
+        stats.upstream_cx_tx_bytes_total += len(head)
+        self.transport.write(head)
         exchange.attached(self)
 
     def send(self, pieces):
         """
         Send request body pieces, already framed.
         """
+        size = 0
+        for piece in pieces:
+            size += len(piece)
+        self.pool.tx_bytes += size
+        self.pool.stats.upstream_cx_tx_bytes_total += size
         self.transport.writeSequence(pieces)
 
     def request_complete(self):
@@ -77,6 +89,9 @@ class UpstreamProtocol(Protocol):
         self.transport.abortConnection()
 
     def dataReceived(self, data):
+        pool = self.pool
+        pool.rx_bytes += len(data)
+        pool.stats.upstream_cx_rx_bytes_total += len(data)
         if self.exchange is None:
             # A server speaking out of turn on an idle connection: nothing can
             # be matched to it, so the connection cannot be trusted any more.

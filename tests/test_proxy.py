@@ -4,6 +4,8 @@ bytes, its pool dialling through a L{MemoryReactorClock}, and upstream
 connections on L{StringTransportWithDisconnection}s fed with server bytes.
 """
 
+import re
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
@@ -136,7 +138,7 @@ class ForwardingTests(unittest.TestCase):
         self.assertEqual(headers[b"server"], [b"origdst"])
         self.assertEqual(headers[b"x-envoy-upstream-service-time"], [b"12"])
         self.assertTrue(client.connected)
-        self.assertIn("[C1] response complete.", self.log)
+        self.assertTrue(any(re.match(r"^\[C1\]\[S\d+\] response complete\.$", m) for m in self.log))
 
     def test_keep_alive_reuses_upstream(self):
         """
@@ -157,7 +159,7 @@ class ForwardingTests(unittest.TestCase):
         upstream.protocol.dataReceived(OK)
         self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 2)
         self.assertEqual(other_client.value().count(b"HTTP/1.1 200 OK"), 1)
-        self.assertIn("[C2] reusing connection to 10.250.0.3:80.", self.log)
+        self.assertTrue(any(re.match(r"^\[C2\]\[S\d+\] reusing connection to 10\.250\.0\.3:80\.$", m) for m in self.log))
 
     def test_chunked_response_rechunked(self):
         """

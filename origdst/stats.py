@@ -1,0 +1,233 @@
+"""
+origdst's counters, and the text formats they are shown in.
+
+The data path increments plain attributes of one L{Stats} object (the cluster
+carries it down to every connection), so counting costs an attribute
+increment and nothing is looked up by name per request. Gauges (active
+connections, hosts) are not kept up to date on the hot path at all: the admin
+endpoint derives them from the cluster when asked. Names follow Envoy's, so
+dashboards and alerts written for Envoy read origdst too:
+
+  - C{http.origdst.*}: downstream requests and connections (Envoy's HTTP
+    connection manager with C{stat_prefix: origdst});
+  - C{listener.<address>.*}: accepted connections;
+  - C{cluster.<cluster_name>.*}: upstream connections and requests;
+  - C{server.*}: uptime, state, live;
+  - C{origdst.*}: what only a transparent proxy has (connections that had no
+    original destination, redirect loops refused).
+
+This module is a leaf: it imports no sibling.
+"""
+
+import json
+import re
+
+HTTP_PREFIX = "origdst"
+
+# Server states, with Envoy's numbers for the server.state gauge.
+LIVE = "LIVE"
+DRAINING = "DRAINING"
+PRE_INITIALIZING = "PRE_INITIALIZING"
+STATE_NUMBERS = {LIVE: 0, DRAINING: 1, PRE_INITIALIZING: 2}
+
+COUNTER = "counter"
+GAUGE = "gauge"
+
+# Response classes shown, as indexes of the *_rq_xx lists (status // 100).
+CLASSES = (1, 2, 3, 4, 5)
+
+_COUNTERS = (
+    "downstream_cx_total",
+    "downstream_rq_total",
+    "upstream_cx_total",
+    "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout",
+    "upstream_cx_rx_bytes_total",
+    "upstream_cx_tx_bytes_total",
+    "upstream_rq_total",
+    "upstream_rq_pending_total",
+    "upstream_rq_pending_overflow",
+    "upstream_rq_timeout",
+    "upstream_rq_retry",
+    "membership_change",
+    "no_original_dst",
+    "redirect_loop",
+)
+
+
+class Stats:
+    """
+    The counters of one proxy process.
+
+    @ivar downstream_rq_xx: responses sent to clients, indexed by
+        C{status // 100} (local replies included, as in Envoy).
+    @ivar upstream_rq_xx: responses from upstream hosts by class, plus the
+        local replies an upstream failure caused (connect failure, overflow,
+        reset, timeout), as Envoy charges them to the cluster.
+    @ivar downstream_cx_active: a gauge, kept by the connections themselves.
+    @ivar state: L{PRE_INITIALIZING}, L{LIVE} or L{DRAINING}.
+    @ivar started: when the process started, in the reactor's seconds.
+    """
+
+    __slots__ = _COUNTERS + (
+        "downstream_cx_active",
+        "downstream_rq_xx",
+        "upstream_rq_xx",
+        "state",
+        "started",
+    )
+
+    def __init__(self, started=0.0):
+        self.reset()
+        self.downstream_cx_active = 0
+        self.state = PRE_INITIALIZING
+        self.started = started
+
+    def reset(self):
+        """
+        Zero the counters (Envoy's C{/reset_counters}); gauges keep counting.
+        """
+        for name in _COUNTERS:
+            setattr(self, name, 0)
+        # Ten slots: status // 100 of any three-digit status is an index.
+        self.downstream_rq_xx = [0] * 10
+        self.upstream_rq_xx = [0] * 10
+
+
+class Stat:
+    """
+    One figure, with its Envoy text name and its Prometheus name and labels.
+    """
+
+    __slots__ = ("name", "value", "kind", "metric", "labels")
+
+    def __init__(self, name, value, kind, metric, labels=()):
+        self.name = name
+        self.value = value
+        self.kind = kind
+        self.metric = metric
+        self.labels = labels
+
+
+def _scoped(scope, label, tag, leaf, value, kind):
+    """
+    A stat named C{<scope>.<tag>.<leaf>}, in Prometheus
+    C{envoy_<scope>_<leaf>{<label>="<tag>"}}; a C{_<N>xx} leaf becomes
+    C{envoy_<scope>_<base>_xx{envoy_response_code_class="<N>", ...}} as in
+    Envoy's exposition.
+    """
+    labels = ((label, tag),)
+    metric = leaf
+    match = re.match(r"^(.*)_([1-5])xx$", leaf)
+    if match:
+        metric = match.group(1) + "_xx"
+        labels = (("envoy_response_code_class", match.group(2)),) + labels
+    return Stat(f"{scope}.{tag}.{leaf}", value, kind, f"envoy_{scope}_{metric}", labels)
+
+
+def collect(stats, now, cluster_name, gauges, listener=None):
+    """
+    Every figure of the process, as L{Stat}s sorted by name.
+
+    @param now: the reactor's current seconds, for the uptime.
+    @param gauges: the cluster's gauges, by leaf name (C{upstream_cx_active},
+        C{membership_total}, ...), read from the cluster by the caller.
+    @param listener: the listening address as Envoy names it in stats
+        (C{0.0.0.0_4999}), or C{None} when not listening.
+    """
+    out = []
+    http = []
+    for leaf in ("downstream_cx_total", "downstream_rq_total"):
+        http.append((leaf, getattr(stats, leaf), COUNTER))
+    http.append(("downstream_cx_active", stats.downstream_cx_active, GAUGE))
+    for n in CLASSES:
+        http.append((f"downstream_rq_{n}xx", stats.downstream_rq_xx[n], COUNTER))
+    for leaf, value, kind in http:
+        out.append(_scoped("http", "envoy_http_conn_manager_prefix", HTTP_PREFIX, leaf, value, kind))
+    if listener is not None:
+        for leaf, value, kind in (
+            ("downstream_cx_total", stats.downstream_cx_total, COUNTER),
+            ("downstream_cx_active", stats.downstream_cx_active, GAUGE),
+        ):
+            out.append(_scoped("listener", "envoy_listener_address", listener, leaf, value, kind))
+    cluster = [
+        (leaf, getattr(stats, leaf), COUNTER)
+        for leaf in _COUNTERS
+        if leaf.startswith(("upstream_", "membership_"))
+    ]
+    cluster += [(f"upstream_rq_{n}xx", stats.upstream_rq_xx[n], COUNTER) for n in CLASSES]
+    cluster += [(leaf, value, GAUGE) for leaf, value in gauges.items()]
+    for leaf, value, kind in cluster:
+        out.append(_scoped("cluster", "envoy_cluster_name", cluster_name, leaf, value, kind))
+    for leaf in ("no_original_dst", "redirect_loop"):
+        out.append(Stat(f"origdst.{leaf}", getattr(stats, leaf), COUNTER, f"envoy_origdst_{leaf}"))
+    state = STATE_NUMBERS[stats.state]
+    for leaf, value in (
+        ("uptime", int(now - stats.started)),
+        ("state", state),
+        ("live", int(stats.state == LIVE)),
+    ):
+        out.append(Stat(f"server.{leaf}", value, GAUGE, f"envoy_server_{leaf}"))
+    out.sort(key=lambda stat: stat.name)
+    return out
+
+
+def select(stats, pattern=None, used_only=False):
+    """
+    Envoy's C{/stats} query parameters: C{filter} (a regular expression
+    searched for in the name) and C{usedonly} (non-zero values only).
+
+    @raise re.error: for a bad pattern.
+    """
+    if pattern:
+        search = re.compile(pattern).search
+        stats = [stat for stat in stats if search(stat.name)]
+    if used_only:
+        stats = [stat for stat in stats if stat.value]
+    return stats
+
+
+def as_text(stats):
+    """
+    Envoy's C{/stats}: one C{name: value} line per stat.
+    """
+    return "".join(f"{stat.name}: {stat.value}\n" for stat in stats)
+
+
+def as_json(stats):
+    """
+    Envoy's C{/stats?format=json}: C{{"stats": [{"name": ..., "value": ...}]}}.
+    """
+    return json.dumps({"stats": [{"name": s.name, "value": s.value} for s in stats]}, indent=1)
+
+
+def _label_value(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def as_prometheus(stats):
+    """
+    The Prometheus text exposition format (version 0.0.4), named as Envoy's
+    C{/stats/prometheus}: one C{# TYPE} line per metric, then its samples.
+    """
+    metrics = {}
+    for stat in stats:
+        metrics.setdefault(stat.metric, []).append(stat)
+    lines = []
+    for metric in sorted(metrics):
+        samples = metrics[metric]
+        lines.append(f"# TYPE {metric} {samples[0].kind}\n")
+        for stat in samples:
+            labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in stat.labels)
+            lines.append(f"{metric}{{{labels}}} {stat.value}\n" if labels else f"{metric} {stat.value}\n")
+    return "".join(lines)
+
+
+def address_name(host, port):
+    """
+    A listening address as Envoy names it in stats: C{0.0.0.0_4999},
+    C{[__]_4999} (colons are not allowed in stat names).
+    """
+    if ":" in host:
+        return "[%s]_%d" % (host.replace(":", "_"), port)
+    return "%s_%d" % (host, port)
