@@ -328,6 +328,8 @@ class BodyReader:
                     limit = MAX_CHUNK_LINE if state == "size" else MAX_TRAILERS
                     if end - pos > limit:
                         raise BadMessage(400, "chunk size line or trailers too long")
+                    if data.find(b"\n", pos) >= 0:
+                        raise BadMessage(400, "bare LF in chunked body")
                     break
                 line = data[pos:eol]
                 pos = eol + 2

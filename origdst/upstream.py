@@ -122,7 +122,7 @@ class UpstreamProtocol(Protocol):
         buf = self._buf + data if self._buf else data
         while True:
             end = buf.find(framing.HEAD_END)
-            if end < 0:
+            if end < 0 or end > MAX_RESPONSE_HEAD:
                 if len(buf) > MAX_RESPONSE_HEAD:
                     self._bad_response(framing.BadMessage(502, "response head too large"))
                     return None
