@@ -19,6 +19,8 @@ CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile.json"
 PROXY_PORT = 15002
 BACKEND_PORT = 80
 RAW_PORT = 82
+#: Redirected like the others, but denied by the proxy's egress policy.
+DENIED_PORT = 81
 
 with open(CORPUS) as _f:
     _corpus = json.load(_f)
@@ -39,7 +41,7 @@ class HostileInputTests(netns.TopologyTestCase):
 
     @classmethod
     def build(cls, topology):
-        topology.add_redirect(netns.SERVER_V4, [BACKEND_PORT, RAW_PORT], PROXY_PORT)
+        topology.add_redirect(netns.SERVER_V4, [BACKEND_PORT, RAW_PORT, DENIED_PORT], PROXY_PORT)
         topology.start_backend(BACKEND_PORT)
         topology.start_server(
             "rawserver",
@@ -47,7 +49,11 @@ class HostileInputTests(netns.TopologyTestCase):
              "--port", str(RAW_PORT), "--corpus", CORPUS],
             RAW_PORT,
         )
-        topology.start_proxy(["--port", "tcp:%d" % PROXY_PORT, "--log-level", "debug"], PROXY_PORT)
+        topology.start_proxy(
+            ["--port", "tcp:%d" % PROXY_PORT, "--log-level", "debug",
+             "--deny", "%s:%d" % (netns.SERVER_V4, DENIED_PORT)],
+            PROXY_PORT,
+        )
 
     def test_corpus_size(self):
         """
@@ -137,6 +143,22 @@ class HostileInputTests(netns.TopologyTestCase):
             {"host": netns.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/echo?case=after-responses"}]}
         )
         self.assertEqual(ok["responses"][0]["status"], 200)
+
+
+    def test_denied_destination(self):
+        """
+        A destination the egress policy denies gets 403 and one log line, and
+        is never connected to.
+        """
+        got = self.topology.run_client({
+            "host": netns.SERVER_V4, "port": DENIED_PORT, "read_timeout": 10,
+            "raw": "GET /h/denied HTTP/1.1\r\nHost: 10.250.0.3:81\r\n\r\n",
+        })
+        self.assertEqual(got["status"], 403, got)
+        self.assertTrue(got["raw_response"].endswith("destination denied by egress policy"), got)
+        log = self.topology.proxy_log()
+        self.assertEqual(log.count("denied by --deny 10.250.0.3:81"), 1, log[-2000:])
+        self.assertNotIn("Created host 10.250.0.3:81.", log)
 
 
 def testSuite():
