@@ -176,3 +176,10 @@ class OptionsTests(unittest.TestCase):
         if not os.path.exists(path):
             raise unittest.SkipTest("conf/origdst.conf is not there")
         self.assertIsInstance(self.parse("--config", path), config.Settings)
+        # Uncommented, its example lines name every setting and all parse.
+        import re
+
+        with open(path) as f:
+            lines = [re.sub(r"^# ([a-z-]+ = )", r"\1", line) for line in f]
+        uncommented = self.write("".join(lines))
+        self.assertEqual(set(config.read_file(uncommented)), set(config.PARSERS))
