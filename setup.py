@@ -5,11 +5,16 @@ The twistd plugin lives in twisted/plugins/, which has no __init__.py on purpose
 listing it as a package ships the plugin file into the installed twisted.plugins.
 """
 
+import re
+
 from setuptools import setup
+
+with open("origdst/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(
     name="origdst",
-    version="0.1.0",
+    version=VERSION,
     description="A transparent forward proxy for Linux: iptables REDIRECT in, "
     "original destination out (Envoy's original_dst cluster, on Twisted).",
     long_description=open("README.rst", encoding="utf-8").read(),
@@ -17,6 +22,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=["origdst", "twisted.plugins"],
+    # The admin endpoint's live page.
+    package_data={"origdst": ["page.html"]},
     install_requires=[
         # 22.4.0 fixes the request-smuggling CVE-2022-24801 in twisted.web.
         "twisted>=22.4.0",

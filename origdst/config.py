@@ -28,6 +28,10 @@ class Settings:
     """
 
     port: str = "tcp:4999"
+    # The admin endpoint (stats, /ready, the live page), or "none". Loopback
+    # only by default: it shows where the host connects and can change the
+    # log level.
+    admin: str = "tcp:9901:interface=127.0.0.1"
     cleanup_interval: float = 5.0
     connect_timeout: float = 5.0
     request_timeout: float = 15.0
@@ -39,6 +43,7 @@ class Settings:
     server_name: str = "origdst"
     header_prefix: str = "x-envoy"
     log_level: str = "info"
+    log_format: str = "text"
     cluster_name: str = "original_dst"
     max_connections: int = 1024
     max_pending_requests: int = 1024
@@ -241,10 +246,34 @@ def _boolean(name):
     return parse
 
 
+def _admin(name):
+    def parse(value):
+        value = str(value).strip()
+        if value.lower() == "none":
+            return "none"
+        if value.isdigit():
+            # A bare port stays on loopback, like the default.
+            return _port(name)(value) + ":interface=127.0.0.1"
+        return _port(name)(value)
+
+    return parse
+
+
+def _choice(name, choices):
+    def parse(value):
+        value = str(value).strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return parse
+
+
 # Each setting's parser, by the name used on the command line and in the
 # config file; the attribute of Settings is the same name with underscores.
 PARSERS = {
     "port": _port("port"),
+    "admin": _admin("admin"),
     "cleanup-interval": _seconds("cleanup-interval"),
     "connect-timeout": _seconds("connect-timeout"),
     "request-timeout": _seconds("request-timeout", allow_zero=True),
@@ -252,6 +281,7 @@ PARSERS = {
     "server-name": _header_value("server-name"),
     "header-prefix": _header_name("header-prefix"),
     "log-level": _log_level("log-level"),
+    "log-format": _choice("log-format", ("text", "json")),
     "cluster-name": _header_value("cluster-name"),
     "max-connections": _positive_int("max-connections"),
     "max-pending-requests": _positive_int("max-pending-requests"),

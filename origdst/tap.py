@@ -7,12 +7,14 @@ down the data path.
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import config
+from origdst import admin, config
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
-from origdst.logs import logger, set_level
+from origdst.logs import json_observer, logger, set_level, twistd_log_file
+from origdst.stats import DRAINING, LIVE, Stats
 
 log = logger("origdst.tap")
 
@@ -27,6 +29,9 @@ _HELP = {
     "server-name": "Value of the server header sent to clients.",
     "header-prefix": "Prefix of the proxy's own headers.",
     "log-level": "debug, info, warn or error.",
+    "admin": "Endpoint description of the admin interface (stats, /ready, the "
+    "live page), or none (a bare number means tcp:N:interface=127.0.0.1).",
+    "log-format": "text or json (one JSON object per line).",
     "cluster-name": "Name of the original-destination cluster.",
     "max-connections": "Upstream connections per host.",
     "max-pending-requests": "Requests per host waiting for a connection.",
@@ -76,10 +81,16 @@ class Options(usage.Options):
                     except config.ConfigError as e:
                         raise config.ConfigError(f"--{e}")
             settings = config.build(values)
-            try:
-                serverFromString(None, settings.port)
-            except Exception as e:
-                raise config.ConfigError(f"--port: invalid endpoint description {settings.port!r}: {e}")
+            for option in ("port", "admin"):
+                description = getattr(settings, option)
+                if option == "admin" and description == "none":
+                    continue
+                try:
+                    serverFromString(None, description)
+                except Exception as e:
+                    raise config.ConfigError(
+                        f"--{option}: invalid endpoint description {description!r}: {e}"
+                    )
         except config.ConfigError as e:
             raise usage.UsageError(str(e))
         self.settings = settings
@@ -104,6 +115,8 @@ class ListenerService(Service):
     port cannot be had.
     """
 
+    name = "origdst"
+
     def __init__(self, description, factory, reactor):
         self.description = description
         self.factory = factory
@@ -117,15 +130,52 @@ class ListenerService(Service):
         endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome or not hasattr(outcome[0], "getHost"):
             reason = outcome[0].getErrorMessage() if outcome else "no answer"
-            raise SystemExit(f"origdst: cannot listen on {self.description}: {reason}")
+            raise SystemExit(f"{self.name}: cannot listen on {self.description}: {reason}")
         self.port = outcome[0]
-        log.info("origdst listening on {port}", port=self.description)
+        log.info("{name} listening on {port}", name=self.name, port=self.description)
 
     def stopService(self):
         Service.stopService(self)
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
+
+
+class AdminService(ListenerService):
+    """
+    The admin endpoint's port.
+    """
+
+    name = "origdst admin"
+
+
+class ProxyService(MultiService):
+    """
+    The whole proxy: it keeps the state C{/ready} reports, and hands twistd
+    the JSON log observer (twistd takes it from the application this service
+    is put in).
+    """
+
+    def __init__(self, stats, log_observer=None):
+        MultiService.__init__(self)
+        self.stats = stats
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent):
+        MultiService.setServiceParent(self, parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+
+    def startService(self):
+        # The ports were bound in the privileged start, before this.
+        MultiService.startService(self)
+        self.stats.state = LIVE
+
+    def stopService(self):
+        # Children stop last-added first: the admin port, added before the
+        # proxy's, still answers /ready with DRAINING while the rest stops.
+        self.stats.state = DRAINING
+        return MultiService.stopService(self)
 
 
 def makeService(options, reactor=None):
@@ -137,9 +187,23 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     settings = options.settings
     set_level(settings.log_level)
-    top = MultiService()
-    cluster = OriginalDstCluster(settings, reactor)
+    observer = None
+    if settings.log_format == "json":
+        out = twistd_log_file(getattr(options, "parent", None))
+        observer = None if out is None else json_observer(out)
+    top = ProxyService(Stats(reactor.seconds()), observer)
+    cluster = OriginalDstCluster(settings, reactor, top.stats)
     cluster.setServiceParent(top)
     factory = ListenerFactory(cluster, settings, reactor)
-    ListenerService(settings.port, factory, reactor).setServiceParent(top)
+    listener = ListenerService(settings.port, factory, reactor)
+    if settings.admin != "none":
+        state = admin.Admin(
+            settings,
+            cluster,
+            reactor,
+            listening=lambda: listener.port.getHost() if listener.port is not None else None,
+            config_path=options["config"],
+        )
+        AdminService(settings.admin, admin.site(state), reactor).setServiceParent(top)
+    listener.setServiceParent(top)
     return top

@@ -1,0 +1,435 @@
+"""
+The admin endpoint: Envoy's admin interface, and a live page of destinations.
+
+A separate twisted.web site, on loopback by default (C{--admin}), serving:
+
+  - C{/}: a page listing the current destinations, updating itself;
+  - C{/ready}: C{200 LIVE} once listening, C{503} before and while draining;
+  - C{/server_info}, C{/config_dump}: JSON;
+  - C{/stats} (C{?filter=REGEX}, C{?usedonly}, C{?format=json|prometheus}),
+    C{/stats/prometheus};
+  - C{/clusters} (C{?format=json});
+  - C{/logging} (C{POST ?level=debug}), C{/reset_counters} (C{POST});
+  - C{/help}.
+
+Requests that change something must be POSTs, as in Envoy, so that a page
+or a link cannot change the proxy by a mere GET. Nothing on the data path
+imports this module; it reads the counters of L{origdst.stats} and the hosts
+of the cluster when asked, so serving it costs the proxy nothing in between.
+"""
+
+import dataclasses
+import json
+import os
+import re
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+import origdst
+from origdst import config, logs, stats
+
+TEXT = b"text/plain; charset=UTF-8"
+JSON = b"application/json"
+PROMETHEUS = b"text/plain; version=0.0.4; charset=UTF-8"
+HTML = b"text/html; charset=UTF-8"
+
+# The page's script and style are inline; nothing else may be loaded.
+PAGE_POLICY = (
+    b"default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; "
+    b"style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; "
+    b"form-action 'none'; frame-ancestors 'none'"
+)
+
+_PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+
+
+class Admin:
+    """
+    What the endpoints read.
+
+    @ivar settings: the effective L{config.Settings}.
+    @ivar cluster: the L{origdst.cluster.OriginalDstCluster}.
+    @ivar reactor: for the time (uptime, last used).
+    @ivar listening: returns the proxy's listening address (an C{IAddress}),
+        or C{None} while it is not listening.
+    @ivar config_path: the config file read, if any.
+    @ivar root: the site's root resource, for the list of endpoints.
+    """
+
+    def __init__(self, settings, cluster, reactor, listening=lambda: None, config_path=None):
+        self.settings = settings
+        self.cluster = cluster
+        self.stats = cluster.stats
+        self.reactor = reactor
+        self.listening = listening
+        self.config_path = config_path
+        self.root = None
+
+    def collect(self):
+        """
+        @return: every stat, as L{stats.Stat}s.
+        """
+        address = self.listening()
+        listener = None
+        if address is not None:
+            if hasattr(address, "port"):
+                listener = stats.address_name(address.host, address.port)
+            else:
+                listener = re.sub(r"[^\w.\-\[\]]", "_", str(getattr(address, "name", address)))
+        return stats.collect(
+            self.stats, self.reactor.seconds(), self.settings.cluster_name, self.cluster.gauges(), listener
+        )
+
+    def settings_by_option(self):
+        """
+        @return: the effective settings by option name, as JSON values.
+        """
+        values = dataclasses.asdict(self.settings)
+        return {option: values[config.attribute(option)] for option in config.PARSERS}
+
+    def hosts(self):
+        """
+        @return: C{(host, counters, gauges)} for each current host, by key;
+            counters and gauges are C{(name, value)} pairs sorted by name.
+        """
+        out = []
+        for host in sorted(self.cluster.hosts.values(), key=lambda h: (h.ip, h.port)):
+            pool = host.pool
+            counters = [
+                ("cx_connect_fail", pool.cx_connect_fail),
+                ("cx_rx_bytes_total", pool.rx_bytes),
+                ("cx_total", pool.cx_total),
+                ("cx_tx_bytes_total", pool.tx_bytes),
+                ("rq_error", pool.rq_error),
+                ("rq_success", pool.rq_success),
+                ("rq_timeout", pool.rq_timeout),
+                ("rq_total", pool.rq_total),
+            ]
+            gauges = [("cx_active", pool.cx_active()), ("rq_active", pool.rq_active())]
+            out.append((host, counters, gauges))
+        return out
+
+
+def _arg(request, name, default=None):
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    return values[0].decode("utf-8", "replace")
+
+
+def _json(data):
+    return JSON, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def _text(text):
+    return TEXT, text.encode("utf-8")
+
+
+def _seconds(value):
+    return "%ds" % value
+
+
+class Endpoint(Resource):
+    """
+    One admin endpoint. Subclasses implement L{respond}; this class adds the
+    headers every answer has and refuses methods other than GET, HEAD and
+    POST.
+
+    @cvar help: the line C{/help} shows for it.
+    """
+
+    help = ""
+
+    def __init__(self, admin):
+        Resource.__init__(self)
+        self.admin = admin
+
+    def getChild(self, name, request):
+        return NotFound(self.admin)
+
+    def render(self, request):
+        request.setHeader(b"server", b"origdst")
+        request.setHeader(b"cache-control", b"no-cache, max-age=0")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if request.method not in (b"GET", b"HEAD", b"POST"):
+            request.setHeader(b"allow", b"GET, HEAD, POST")
+            code, (kind, body) = 405, _text(f"Method {request.method.decode('latin-1')} not allowed.\n")
+        else:
+            code, (kind, body) = self.respond(request)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", kind)
+        return body
+
+    def respond(self, request):
+        """
+        @return: C{(status, (content type, body bytes))}.
+        """
+        raise NotImplementedError()
+
+    @staticmethod
+    def post_required(request):
+        """
+        Envoy's answer to a mutating request that is not a POST.
+        """
+        request.setHeader(b"allow", b"POST")
+        method = request.method.decode("latin-1")
+        return 405, _text(f"Method {method} not allowed, POST required.\n")
+
+
+class NotFound(Endpoint):
+    def respond(self, request):
+        return 404, _text("invalid path. " + _help_text(self.admin.root))
+
+
+class Page(Endpoint):
+    help = "the live page of destinations"
+
+    def __init__(self, admin):
+        Endpoint.__init__(self, admin)
+        with open(_PAGE, "rb") as f:
+            self.page = f.read()
+
+    def respond(self, request):
+        request.setHeader(b"content-security-policy", PAGE_POLICY)
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        return 200, (HTML, self.page)
+
+
+class Ready(Endpoint):
+    help = "print server state, return 200 if LIVE, otherwise return 503"
+
+    def respond(self, request):
+        state = self.admin.stats.state
+        return (200 if state == stats.LIVE else 503), _text(state + "\n")
+
+
+class ServerInfo(Endpoint):
+    help = "print server version, state, uptime and options in effect (JSON)"
+
+    def respond(self, request):
+        admin = self.admin
+        uptime = _seconds(admin.reactor.seconds() - admin.stats.started)
+        options = admin.settings_by_option()
+        options["config"] = admin.config_path
+        return 200, _json(
+            {
+                "version": origdst.__version__,
+                "state": admin.stats.state,
+                "uptime_current_epoch": uptime,
+                "uptime_all_epochs": uptime,
+                "command_line_options": options,
+            }
+        )
+
+
+class ConfigDump(Endpoint):
+    help = "print the effective configuration (JSON)"
+
+    def respond(self, request):
+        admin = self.admin
+        return 200, _json(
+            {
+                "version": origdst.__version__,
+                "config_file": admin.config_path,
+                "settings": admin.settings_by_option(),
+            }
+        )
+
+
+class Stats(Endpoint):
+    help = "print server stats (?filter=REGEX, ?usedonly, ?format=json|prometheus)"
+
+    def respond(self, request):
+        return self.stats(request, _arg(request, "format", "text"))
+
+    def stats(self, request, form):
+        try:
+            selected = stats.select(
+                self.admin.collect(), _arg(request, "filter"), b"usedonly" in request.args
+            )
+        except re.error as e:
+            return 400, _text(f"Invalid regex: {e}\n")
+        if form == "json":
+            return 200, (JSON, stats.as_json(selected).encode("utf-8"))
+        if form == "prometheus":
+            return 200, (PROMETHEUS, stats.as_prometheus(selected).encode("utf-8"))
+        if form != "text":
+            return 400, _text(f"usage: /stats?format=(text|json|prometheus), not {form!r}\n")
+        return 200, _text(stats.as_text(selected))
+
+
+class Prometheus(Stats):
+    help = "print server stats in Prometheus format (?filter=REGEX, ?usedonly)"
+
+    def respond(self, request):
+        return self.stats(request, "prometheus")
+
+
+class Clusters(Endpoint):
+    help = "upstream cluster status, one line per host and figure (?format=json)"
+
+    def respond(self, request):
+        form = _arg(request, "format", "text")
+        if form == "json":
+            return 200, _json(self.as_json())
+        if form != "text":
+            return 400, _text(f"usage: /clusters?format=(text|json), not {form!r}\n")
+        return 200, _text(self.as_text())
+
+    def as_text(self):
+        """
+        Envoy's form: C{<cluster>::<host>::<figure>::<value>} lines.
+        """
+        admin = self.admin
+        name = admin.settings.cluster_name
+        lines = [
+            f"{name}::observability_name::{name}",
+            f"{name}::default_priority::max_connections::{admin.settings.max_connections}",
+            f"{name}::default_priority::max_pending_requests::{admin.settings.max_pending_requests}",
+            f"{name}::added_via_api::false",
+        ]
+        for host, counters, gauges in admin.hosts():
+            prefix = f"{name}::{host.key}::"
+            lines += [f"{prefix}{figure}::{value}" for figure, value in counters + gauges]
+            lines += [
+                prefix + "hostname::",
+                prefix + "health_flags::healthy",
+                prefix + "weight::1",
+                prefix + "region::",
+                prefix + "zone::",
+                prefix + "sub_zone::",
+                prefix + "canary::false",
+                prefix + "priority::0",
+                prefix + "success_rate::-1",
+                prefix + "local_origin_success_rate::-1",
+                prefix + "last_used::%.3f" % (host.last_used or 0),
+            ]
+        return "".join(line + "\n" for line in lines)
+
+    def as_json(self):
+        """
+        Envoy's C{cluster_statuses} form, values as numbers; C{key} and
+        C{last_used} (seconds since the epoch) are origdst's own.
+        """
+        admin = self.admin
+        settings = admin.settings
+        hosts = []
+        for host, counters, gauges in admin.hosts():
+            hosts.append(
+                {
+                    "address": {"socket_address": {"address": host.ip, "port_value": host.port}},
+                    "key": host.key,
+                    "stats": [{"name": n, "value": v} for n, v in counters]
+                    + [{"type": "GAUGE", "name": n, "value": v} for n, v in gauges],
+                    "health_status": {"eds_health_status": "HEALTHY"},
+                    "weight": 1,
+                    "last_used": host.last_used,
+                }
+            )
+        return {
+            "cluster_statuses": [
+                {
+                    "name": settings.cluster_name,
+                    "observability_name": settings.cluster_name,
+                    "added_via_api": False,
+                    "circuit_breakers": {
+                        "thresholds": [
+                            {
+                                "max_connections": settings.max_connections,
+                                "max_pending_requests": settings.max_pending_requests,
+                            }
+                        ]
+                    },
+                    "host_statuses": hosts,
+                }
+            ]
+        }
+
+
+class Logging(Endpoint):
+    help = "query (GET) or change (POST ?level=debug|info|warn|error) the log level"
+
+    def respond(self, request):
+        level = _arg(request, "level")
+        if request.args:
+            if request.method != b"POST":
+                return self.post_required(request)
+            if level is None or level.lower() not in logs.LEVELS:
+                choices = ", ".join(logs.LEVELS)
+                return 400, _text(f"usage: POST /logging?level=<{choices}>\n")
+            logs.set_level(level.lower())
+        return 200, _text(f"active loggers:\n  origdst: {logs.level()}\n")
+
+
+class ResetCounters(Endpoint):
+    help = "reset all counters to zero (POST)"
+
+    def respond(self, request):
+        if request.method != b"POST":
+            return self.post_required(request)
+        self.admin.stats.reset()
+        for host in self.admin.cluster.hosts.values():
+            pool = host.pool
+            pool.rq_total = pool.rq_success = pool.rq_error = pool.rq_timeout = 0
+            pool.cx_total = pool.cx_connect_fail = pool.rx_bytes = pool.tx_bytes = 0
+        return 200, _text("OK\n")
+
+
+class Help(Endpoint):
+    help = "print this list"
+
+    def respond(self, request):
+        return 200, _text(_help_text(self.admin.root))
+
+
+def _help_text(root):
+    lines = ["admin commands are:"]
+    for path, resource in _endpoints(root):
+        lines.append(f"  {path}: {resource.help}")
+    return "\n".join(lines) + "\n"
+
+
+def _endpoints(resource, prefix=""):
+    for name in sorted(resource.children):
+        child = resource.children[name]
+        path = prefix + "/" + name.decode("ascii")
+        yield path, child
+        yield from _endpoints(child, path)
+
+
+class AdminSite(Site):
+    """
+    The admin site; its requests are not written to the proxy's log (the page
+    polls every few seconds).
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request):
+        pass
+
+
+def site(admin):
+    """
+    @param admin: an L{Admin}.
+    @return: the admin L{Site}.
+    """
+    root = admin.root = Endpoint(admin)
+    children = {
+        b"": Page,
+        b"ready": Ready,
+        b"server_info": ServerInfo,
+        b"config_dump": ConfigDump,
+        b"stats": Stats,
+        b"clusters": Clusters,
+        b"logging": Logging,
+        b"reset_counters": ResetCounters,
+        b"help": Help,
+    }
+    for name, kind in children.items():
+        root.putChild(name, kind(admin))
+    root.children[b"stats"].putChild(b"prometheus", Prometheus(admin))
+    return AdminSite(root)
