@@ -57,6 +57,15 @@ class Settings:
     deny_host: tuple = ()
     allow_source: tuple = ()
     use_original_dst_header: bool = False
+    # Downstream connection idle timeout (Envoy's idle_timeout, 1 h): a client
+    # connection with no request in progress is closed after this long.
+    idle_timeout: float = 3600.0
+    # A slowloris guard Envoy leaves off: a request head must be complete
+    # this long after its first byte, else 408.
+    request_headers_timeout: float = 10.0
+    # Envoy's stream_idle_timeout: an exchange with no bytes either way for
+    # this long ends (408 before the response began, a reset after).
+    stream_idle_timeout: float = 300.0
 
 
 def _seconds(name, allow_zero=False):
@@ -293,6 +302,9 @@ PARSERS = {
     "deny-host": _host_patterns("deny-host"),
     "allow-source": _networks("allow-source"),
     "use-original-dst-header": _boolean("use-original-dst-header"),
+    "idle-timeout": _seconds("idle-timeout", allow_zero=True),
+    "request-headers-timeout": _seconds("request-headers-timeout", allow_zero=True),
+    "stream-idle-timeout": _seconds("stream-idle-timeout", allow_zero=True),
 }
 
 # Settings that hold lists: each use of the flag adds to the list.

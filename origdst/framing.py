@@ -234,6 +234,8 @@ def response_framing(method, status, headers):
     """
     if method == b"HEAD" or status < 200 or status in (204, 304):
         return NONE, 0
+    if method == b"CONNECT" and status < 300:
+        return NONE, 0
     te = headers.get(b"transfer-encoding")
     cl = headers.get(b"content-length")
     if te is not None:

@@ -54,6 +54,19 @@ def wants_close(version, index):
     return b"close" in options
 
 
+def wants_upgrade(method, version, index):
+    """
+    @return: the protocol a request asks to switch to (its Upgrade value,
+        or C{CONNECT} for a tunnel), or C{None}.
+    """
+    if method == b"CONNECT":
+        return b"CONNECT"
+    protocols = index.get(b"upgrade")
+    if protocols and version == b"HTTP/1.1" and b"upgrade" in connection_options(index):
+        return protocols[0]
+    return None
+
+
 def _copy(out, fields, drop):
     for name, value in fields:
         if name.lower() not in drop:

@@ -11,7 +11,9 @@ its write buffer fills.
 import itertools
 from http.client import responses
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
+from zope.interface import implementer
 
 from origdst import framing
 from origdst.flow import Pauser, connect_flow, disconnect_flow
@@ -22,6 +24,7 @@ from origdst.headers import (
     response_head,
     forwardable_trailers,
     wants_close,
+    wants_upgrade,
 )
 from origdst.logs import debug_enabled, logger
 from origdst.pool import OVERFLOW
@@ -33,6 +36,8 @@ HTTP11 = b"HTTP/1.1"
 RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 REQUEST_TIMEOUT = b"upstream request timeout"
+HEADERS_TIMEOUT = b"request headers timeout"
+STREAM_TIMEOUT = b"stream timeout"
 
 # Stream ids: each request's log lines carry [C<connection>][S<stream>].
 _streams = itertools.count(1)
@@ -118,9 +123,13 @@ def absolute_target(target, destination):
     return path, authority
 
 
+@implementer(IHalfCloseableProtocol)
 class ProxyChannel(Protocol):
     """
     One client connection.
+
+    Half-closeable, so a client that shuts down its side after a request
+    still gets the response, and a tunnel passes the half-close on.
 
     @ivar destination: C{(ip, port)} the client was really connecting to, or
         C{None} when the connection is refused.
@@ -144,8 +153,12 @@ class ProxyChannel(Protocol):
         self.pauser = None
         self.exchange = None
         self.reader = None
+        self.tunnel = None
         self.closing = False
+        self.read_closed = False
         self.buf = b""
+        self.idle_timer = None
+        self.headers_timer = None
         self.max_head = settings.max_request_headers_kb * 1024
         self.server = settings.server_name.encode("latin-1")
         self.prefix = settings.header_prefix.encode("ascii")
@@ -158,8 +171,12 @@ class ProxyChannel(Protocol):
         peer = self.transport.getPeer()
         self.peer = (plain_ip(peer.host), peer.port)
         self.destination, self.refusal = self.resolve(self)
+        self._arm_idle()
 
     def dataReceived(self, data):
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
         if self.closing:
             return
         reader = self.reader
@@ -175,6 +192,9 @@ class ProxyChannel(Protocol):
             self.exchange.request_received(reader.trailers)
             if not data or self.closing:
                 return
+        if self.exchange is None and self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         self.buf = self.buf + data if self.buf else data
         self.next_request()
 
@@ -194,7 +214,17 @@ class ProxyChannel(Protocol):
                     framing.check_incomplete_head(buf[:end] if end > 0 else buf, self.max_head)
                 except framing.BadMessage as e:
                     self.reject(e)
+                    return
+                if buf and self.headers_timer is None:
+                    timeout = self.settings.request_headers_timeout
+                    if timeout:
+                        self.headers_timer = self.reactor.callLater(timeout, self._headers_timed_out)
+                elif not buf:
+                    self._arm_idle()
                 return
+            if self.headers_timer is not None:
+                self.headers_timer.cancel()
+                self.headers_timer = None
             self.buf = buf[end + 4 :]
             self.start_request(buf[:end])
         if self.buf and self.exchange is not None and self.reader is None:
@@ -211,8 +241,7 @@ class ProxyChannel(Protocol):
             framing.check_host(hosts)
             if version == HTTP11 and not hosts:
                 raise framing.BadMessage(400, "missing Host header")
-            if method == b"CONNECT":
-                raise framing.BadMessage(501, "CONNECT is not supported")
+            upgrade = wants_upgrade(method, version, index)
             if self.refusal is None:
                 destination = self.route(index)
                 if target[:7].lower() == b"http://":
@@ -252,6 +281,8 @@ class ProxyChannel(Protocol):
             frame = b"content-length: %d\r\n" % length
         else:
             frame = b""
+        if upgrade:
+            frame += b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n"
         host = (f"[{ip}]" if ":" in ip else ip) + ("" if port == 80 else f":{port}")
         upstream_head = request_head(
             method,
@@ -266,6 +297,7 @@ class ProxyChannel(Protocol):
         )
         pool = self.cluster.host(ip, port).pool
         exchange = Exchange(self, pool, method, version, upstream_head, kind)
+        exchange.upgrade = upgrade
         exchange.close_after = wants_close(version, index)
         exchange.replayable = method in IDEMPOTENT and kind == framing.NONE
         self.exchange = exchange
@@ -343,12 +375,75 @@ class ProxyChannel(Protocol):
         The response to the current request is complete.
         """
         self.exchange = None
-        if exchange.close_after:
+        if exchange.close_after or self.read_closed:
             self.close()
             return
         self.pauser.resume(PIPELINE)
         if self.buf:
             self.next_request()
+        else:
+            self._arm_idle()
+
+    def start_tunnel(self, conn):
+        """
+        The server accepted an upgrade or a CONNECT: from now on bytes pass
+        both ways unchanged, each side pausing the other when it falls
+        behind, until either side closes. No timeout applies to a tunnel.
+        """
+        self.exchange = None
+        self.tunnel = conn
+        conn.start_tunnel(self)
+        connect_flow(self.pauser, conn.transport)
+        connect_flow(conn.pauser, self.transport)
+        self.pauser.resume(PIPELINE)
+        self.pauser.resume(CONNECTING)
+        if self.buf:
+            data, self.buf = self.buf, b""
+            conn.transport.write(data)
+        if self.read_closed:
+            conn.transport.loseWriteConnection()
+
+    def readConnectionLost(self):
+        """
+        The client shut down its sending side: a tunnel passes that on; a
+        request already read is still answered, then the connection closes.
+        """
+        self.read_closed = True
+        if self.tunnel is not None:
+            self.tunnel.transport.loseWriteConnection()
+        elif self.exchange is None or self.reader is not None or not self.exchange.request_done:
+            self.close()
+        else:
+            self.exchange.close_after = True
+
+    def writeConnectionLost(self):
+        if self.read_closed:
+            self.transport.loseConnection()
+
+    def _arm_idle(self):
+        timeout = self.settings.idle_timeout
+        if not timeout or self.closing:
+            return
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.reset(timeout)
+        else:
+            self.idle_timer = self.reactor.callLater(timeout, self._idle_timed_out)
+
+    def _idle_timed_out(self):
+        self.idle_timer = None
+        if self.exchange is None and self.tunnel is None and not self.buf:
+            log.debug("{tag} closing idle connection.", tag=self.tag)
+            self.close()
+
+    def _headers_timed_out(self):
+        self.headers_timer = None
+        if self.exchange is None and self.tunnel is None:
+            log.info(
+                "{tag} request head from {peer} not complete in time.",
+                tag=self.tag,
+                peer=_format(self.peer),
+            )
+            self.local_reply(408, HEADERS_TIMEOUT)
 
     def reject(self, error):
         """
@@ -397,13 +492,26 @@ class ProxyChannel(Protocol):
         """
         self.closing = True
         self.reader = None
+        self._cancel_timers()
         self._abort_exchange()
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
         self.closing = True
         self.cluster.stats.downstream_cx_active -= 1
+        self._cancel_timers()
         self._abort_exchange()
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.transport.loseConnection()
+
+    def _cancel_timers(self):
+        for name in ("idle_timer", "headers_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                setattr(self, name, None)
+                if timer.active():
+                    timer.cancel()
 
     def _abort_exchange(self):
         exchange = self.exchange
@@ -439,6 +547,9 @@ class Exchange:
         "retried",
         "sent_at",
         "timer",
+        "upgrade",
+        "idle_timer",
+        "active_at",
         "tag",
     )
 
@@ -459,12 +570,20 @@ class Exchange:
         self.retried = False
         self.sent_at = None
         self.timer = None
+        self.upgrade = None
+        self.idle_timer = None
+        timeout = channel.settings.stream_idle_timeout
+        if timeout:
+            self.active_at = channel.reactor.seconds()
+            self.idle_timer = channel.reactor.callLater(timeout, self.idle_check)
         self.tag = "%s[S%d]" % (channel.tag, next(_streams))
         pool.stats.downstream_rq_total += 1
 
     # The request, from the client.
 
     def body_data(self, data):
+        if self.idle_timer is not None:
+            self.active_at = self.channel.reactor.seconds()
         pieces = framing.encode_chunk(data) if self.chunked_in else [data]
         if self.conn is not None:
             self.conn.send(pieces)
@@ -525,6 +644,9 @@ class Exchange:
 
     def response_head(self, status, reason, fields, index, kind, length):
         channel = self.channel
+        if status == 101 or (self.method == b"CONNECT" and status < 300):
+            self.switch_protocols(status, reason, fields, index)
+            return
         self.response_started = True
         stats = self.pool.stats
         stats.downstream_rq_xx[status // 100] += 1
@@ -569,7 +691,58 @@ class Exchange:
         )
         connect_flow(self.conn.pauser, channel.transport)
 
+    def switch_protocols(self, status, reason, fields, index):
+        """
+        The server accepted the client's upgrade (101) or CONNECT (2xx): pass
+        its answer on and turn both connections into one tunnel.
+        """
+        if not self.upgrade:
+            self.conn.bad_response(
+                framing.BadMessage(502, "switching protocols without an upgrade request")
+            )
+            return
+        channel = self.channel
+        self.response_started = True
+        self.pool.stats.downstream_rq_xx[status // 100] += 1
+        self.pool.stats.upstream_rq_xx[status // 100] += 1
+        self.pool.rq_success += 1
+        frame = b""
+        if status == 101:
+            protocol = index.get(b"upgrade", [self.upgrade])[0]
+            frame = b"connection: upgrade\r\nupgrade: " + protocol + b"\r\n"
+        service_ms = int((channel.reactor.seconds() - self.sent_at) * 1000)
+        channel.transport.write(
+            response_head(
+                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
+            )
+        )
+        log.debug("{tag} tunnel to {key} open.", tag=self.tag, key=self.pool.key)
+        conn = self.conn
+        self._release()
+        channel.start_tunnel(conn)
+
+    def idle_check(self):
+        """
+        The stream idle timeout: no byte either way for that long ends the
+        exchange, with a 408 while the response has not begun.
+        """
+        timeout = self.channel.settings.stream_idle_timeout
+        quiet = self.channel.reactor.seconds() - self.active_at
+        if quiet < timeout:
+            self.idle_timer = self.channel.reactor.callLater(timeout - quiet, self.idle_check)
+            return
+        self.idle_timer = None
+        log.info("{tag} upstream {key}: stream idle timeout.", tag=self.tag, key=self.pool.key)
+        channel = self.channel
+        self.abort()
+        if self.response_started:
+            channel.close()
+        else:
+            channel.local_reply(408, STREAM_TIMEOUT, method=self.method)
+
     def response_data(self, data):
+        if self.idle_timer is not None:
+            self.active_at = self.channel.reactor.seconds()
         if self.chunked_out:
             self.channel.transport.writeSequence(framing.encode_chunk(data))
         else:
@@ -652,6 +825,9 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         conn = self.conn
         if conn is not None:
             channel = self.channel

@@ -45,6 +45,11 @@ _HELP = {
     "allow-source": "Client networks that may use the proxy; repeatable; none means all.",
     "use-original-dst-header": "Let <header-prefix>-original-dst-host: ip:port "
     "choose the destination (still subject to the egress policy).",
+    "idle-timeout": "Seconds a client connection may sit with no request; 0 = none.",
+    "request-headers-timeout": "Seconds to receive a whole request head once it "
+    "began (408 after); 0 = none.",
+    "stream-idle-timeout": "Seconds a request may see no bytes either way (408, "
+    "or a reset once the response began); 0 = none.",
 }
 
 

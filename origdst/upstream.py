@@ -6,7 +6,9 @@ pieces the exchange hands it, reads the response head and body, and tells the
 exchange about each. Between exchanges it sits idle in its pool.
 """
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
+from zope.interface import implementer
 
 from origdst import framing
 from origdst.flow import Pauser
@@ -16,11 +18,17 @@ from origdst.headers import wants_close
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
+@implementer(IHalfCloseableProtocol)
 class UpstreamProtocol(Protocol):
     """
     The client side of one upstream connection.
 
+    Half-closeable so that a tunnel passes the server's half-close on; an
+    HTTP exchange treats it as the end of the connection.
+
     @ivar exchange: the exchange being carried, or C{None} while idle.
+    @ivar tunnel: the client channel this connection is tunnelled to, once
+        an upgrade or CONNECT succeeded; it then only relays bytes.
     @ivar reused: this connection has carried an exchange before the current
         one, so a close before any response byte may be a keep-alive race.
     """
@@ -28,6 +36,7 @@ class UpstreamProtocol(Protocol):
     def __init__(self, pool):
         self.pool = pool
         self.exchange = None
+        self.tunnel = None
         self.pauser = None
         self.reused = False
         self.reusable = True
@@ -79,6 +88,14 @@ class UpstreamProtocol(Protocol):
         """
         self.request_sent = True
 
+    def start_tunnel(self, channel):
+        """
+        Relay bytes to and from C{channel} from now on; never reused.
+        """
+        self.exchange = None
+        self.reusable = False
+        self.tunnel = channel
+
     def abort(self):
         """
         Drop the connection and its exchange: the exchange ended abnormally,
@@ -92,6 +109,9 @@ class UpstreamProtocol(Protocol):
         pool = self.pool
         pool.rx_bytes += len(data)
         pool.stats.upstream_cx_rx_bytes_total += len(data)
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
         if self.exchange is None:
             # A server speaking out of turn on an idle connection: nothing can
             # be matched to it, so the connection cannot be trusted any more.
@@ -107,7 +127,7 @@ class UpstreamProtocol(Protocol):
         try:
             rest = reader.feed(data)
         except framing.BadMessage as e:
-            self._bad_response(e)
+            self.bad_response(e)
             return
         if reader.done:
             self._finish(rest)
@@ -124,7 +144,7 @@ class UpstreamProtocol(Protocol):
             end = buf.find(framing.HEAD_END)
             if end < 0 or end > MAX_RESPONSE_HEAD:
                 if len(buf) > MAX_RESPONSE_HEAD:
-                    self._bad_response(framing.BadMessage(502, "response head too large"))
+                    self.bad_response(framing.BadMessage(502, "response head too large"))
                     return None
                 self._buf = buf
                 return None
@@ -134,7 +154,7 @@ class UpstreamProtocol(Protocol):
                 index = framing.index(fields)
                 kind, length = framing.response_framing(self._method, status, index)
             except framing.BadMessage as e:
-                self._bad_response(e)
+                self.bad_response(e)
                 return None
             if status < 200 and status != 101:
                 self.exchange.informational(status, reason, fields, index)
@@ -146,6 +166,10 @@ class UpstreamProtocol(Protocol):
                 self.reusable = False
             self._reader = framing.BodyReader(kind, length, self._on_body)
             self.exchange.response_head(status, reason, fields, index, kind, length)
+            if self.tunnel is not None:
+                if buf:
+                    self.tunnel.transport.write(buf)
+                return None
             if self.exchange is None:
                 return None
             return buf
@@ -155,7 +179,7 @@ class UpstreamProtocol(Protocol):
         if exchange is not None:
             exchange.response_data(data)
 
-    def _bad_response(self, error):
+    def bad_response(self, error):
         exchange = self.exchange
         self.abort()
         if exchange is not None:
@@ -178,9 +202,22 @@ class UpstreamProtocol(Protocol):
             self.reusable = False
             self.transport.loseConnection()
 
+    def readConnectionLost(self):
+        if self.tunnel is not None:
+            self.tunnel.transport.loseWriteConnection()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
     def connectionLost(self, reason):
         self.reusable = False
         self.pool.connection_lost(self)
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.transport.loseConnection()
+            return
         exchange = self.exchange
         if exchange is None:
             return

@@ -386,7 +386,7 @@ class FailureTests(unittest.TestCase):
         """
         A request timeout of 0 means no timeout and no advertised one.
         """
-        proxy = ProxyHarness(self, request_timeout=0)
+        proxy = ProxyHarness(self, request_timeout=0, stream_idle_timeout=0)
         channel, client = proxy.client()
         channel.dataReceived(GET)
         upstream = proxy.accept_upstream()
