@@ -400,6 +400,12 @@ class Topology:
             [self.python, os.path.join(_HERE, "backend.py"), "--port", str(port)], port)
         return self.backend
 
+    def track(self, process):
+        """
+        Stop C{process} (anything with a C{stop()} method) with the topology's own.
+        """
+        self._procs.append(process)
+
     def start_server(self, name, argv, port):
         """
         Start another server in S (C{argv} run as root) and wait until it

@@ -1,0 +1,240 @@
+"""
+End-to-end tests of the admin endpoint, in network namespaces of their own (tag C{a}).
+
+The proxy runs as in L{tests.test_e2e} (iptables REDIRECT in namespace C, the backend in S),
+with its admin endpoint on 127.0.0.1 inside C.  The tests send known traffic as the
+unprivileged client and check that C{/stats}, C{/stats/prometheus} and C{/clusters} count
+exactly that, then load the live page in a real headless Chromium, running inside C, and
+watch a new destination appear on it.
+"""
+
+import json
+import os
+import sys
+
+from twisted.trial import unittest
+
+from tests import browser, netns
+
+PROXY_PORT = 15002
+ADMIN_PORT = 19901
+BACKEND_PORT = 80
+#: A second backend, a destination that only the page test uses.
+PAGE_PORT = 8080
+#: Nothing listens there in S: a refused destination.
+CLOSED_PORT = 81
+
+PROXY_ARGS = [
+    "--port", "tcp6:%d" % PROXY_PORT,
+    "--admin", "tcp:%d:interface=127.0.0.1" % ADMIN_PORT,
+    # No host may be swept away while a test counts it.
+    "--cleanup-interval", "120",
+    "--upstream-idle-timeout", "30",
+]
+
+ADMIN = "http://127.0.0.1:%d" % ADMIN_PORT
+
+#: Runs in namespace C: one admin request, printed as JSON.
+FETCH = """
+import json, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], method=sys.argv[2])
+try:
+    response = urllib.request.urlopen(request, timeout=10)
+except urllib.error.HTTPError as e:
+    response = e
+print(json.dumps({"status": response.status, "body": response.read().decode("utf-8")}))
+"""
+
+
+class AdminEndToEndTests(netns.TopologyTestCase):
+    """
+    The admin endpoint of a proxy carrying real redirected traffic.
+    """
+
+    tag = "a"
+
+    @classmethod
+    def build(cls, topology):
+        try:
+            topology.add_redirect(netns.SERVER_V4, [BACKEND_PORT, CLOSED_PORT, PAGE_PORT], PROXY_PORT)
+            # No owner match: the proxy's own connection there comes back to it, a loop.
+            topology.add_redirect(netns.UNASSIGNED_V4, BACKEND_PORT, PROXY_PORT, owner_match=False)
+        except netns.TopologyError as e:
+            raise unittest.SkipTest("cannot add the iptables REDIRECT rules: %s" % (e,))
+        topology.start_backend(BACKEND_PORT)
+        topology.start_server(
+            "backend-page",
+            [topology.python, os.path.join(os.path.dirname(__file__), "backend.py"),
+             "--port", str(PAGE_PORT)],
+            PAGE_PORT,
+        )
+        topology.start_proxy(PROXY_ARGS, PROXY_PORT)
+        netns.wait_for(lambda: topology.listening(topology.client, ADMIN_PORT), 10,
+                       what="the admin endpoint")
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def admin(self, path, method="GET"):
+        """
+        One request to the admin endpoint, from inside namespace C.
+
+        @return: C{(status, body text)}.
+        """
+        proc = self.topology.exec(self.topology.client,
+                                  [sys.executable, "-c", FETCH, ADMIN + path, method])
+        answer = json.loads(proc.stdout)
+        return answer["status"], answer["body"]
+
+    def stats(self):
+        status, body = self.admin("/stats?format=json")
+        self.assertEqual(status, 200)
+        return {s["name"]: s["value"] for s in json.loads(body)["stats"]}
+
+    def hosts(self):
+        status, body = self.admin("/clusters?format=json")
+        self.assertEqual(status, 200)
+        [cluster] = json.loads(body)["cluster_statuses"]
+        return {h["key"]: {s["name"]: s["value"] for s in h["stats"]} for h in cluster["host_statuses"]}
+
+    def client(self, spec, timeout=30):
+        return self.topology.run_client(spec, timeout=timeout)
+
+    def one(self, host, port, path="/peer"):
+        """
+        One GET on a connection of its own; the status it got.
+        """
+        result = self.client({"host": host, "port": port, "timeout": 15,
+                              "requests": [{"path": path}]})
+        self.assertIsNone(result["error"], result)
+        return result["responses"][0]["status"]
+
+    # -- tests -----------------------------------------------------------------------
+
+    def test_1_countersMatchTraffic(self):
+        """
+        Eight requests to 10.250.0.3:80 on two keep-alive connections (seven 200, one 404),
+        one to a closed port (503) and one into a redirect loop (508): the downstream,
+        cluster, per-host and origdst counters say exactly that, in every format.
+        """
+        self.assertEqual(self.admin("/ready"), (200, "LIVE\n"))
+        result = self.client({"connections": [
+            {"host": netns.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/peer"}] * 5},
+            {"host": netns.SERVER_V4, "port": BACKEND_PORT,
+             "requests": [{"path": "/peer"}, {"path": "/peer"}, {"path": "/nothing"}]},
+        ]})
+        statuses = [r["status"] for c in result["connections"] for r in c["responses"]]
+        self.assertEqual(statuses, [200] * 7 + [404], result)
+        received = sum(r["body_len"] for c in result["connections"] for r in c["responses"])
+        self.assertEqual(self.one(netns.SERVER_V4, CLOSED_PORT), 503)
+        self.assertEqual(self.one(netns.UNASSIGNED_V4, BACKEND_PORT), 508)
+        # Closed client connections are counted out asynchronously.
+        netns.wait_for(lambda: self.stats()["http.origdst.downstream_cx_active"] == 0, 10,
+                       what="no client connection left")
+
+        stats = self.stats()
+        http = "http.origdst."
+        cluster = "cluster.original_dst."
+        expected = {
+            # The loop adds a connection and a request: the proxy's own, refused with 508.
+            http + "downstream_cx_total": 5,
+            http + "downstream_cx_active": 0,
+            http + "downstream_rq_total": 11,
+            http + "downstream_rq_2xx": 7,
+            http + "downstream_rq_4xx": 1,
+            # The 503 and both 508s: the local reply and the one passed back.
+            http + "downstream_rq_5xx": 3,
+            # One pooled connection for the eight, the refused one, the looping one.
+            cluster + "upstream_cx_total": 3,
+            cluster + "upstream_cx_connect_fail": 1,
+            cluster + "upstream_cx_connect_timeout": 0,
+            cluster + "upstream_rq_total": 9,
+            cluster + "upstream_rq_pending_total": 3,
+            cluster + "upstream_rq_pending_overflow": 0,
+            cluster + "upstream_rq_2xx": 7,
+            cluster + "upstream_rq_4xx": 1,
+            # The connect failure's 503 (charged as Envoy does) and the looped 508.
+            cluster + "upstream_rq_5xx": 2,
+            cluster + "upstream_rq_timeout": 0,
+            cluster + "upstream_rq_retry": 0,
+            cluster + "membership_total": 3,
+            cluster + "membership_healthy": 3,
+            cluster + "membership_change": 3,
+            cluster + "upstream_rq_active": 0,
+            "origdst.no_original_dst": 0,
+            "origdst.redirect_loop": 1,
+            "listener.[__]_%d.downstream_cx_total" % PROXY_PORT: 5,
+            "server.live": 1,
+        }
+        self.assertEqual({name: stats.get(name) for name in expected}, expected)
+
+        hosts = self.hosts()
+        backend = hosts["10.250.0.3:80"]
+        self.assertEqual(
+            {k: backend[k] for k in ("rq_total", "rq_success", "rq_error", "cx_total", "cx_connect_fail")},
+            {"rq_total": 8, "rq_success": 8, "rq_error": 0, "cx_total": 1, "cx_connect_fail": 0},
+        )
+        self.assertGreater(backend["cx_rx_bytes_total"], received)
+        self.assertGreaterEqual(backend["cx_tx_bytes_total"], 8 * len("GET /peer HTTP/1.1\r\n"))
+        self.assertEqual(stats[cluster + "upstream_cx_rx_bytes_total"],
+                         sum(h["cx_rx_bytes_total"] for h in hosts.values()))
+        closed = hosts["10.250.0.3:81"]
+        self.assertEqual((closed["rq_total"], closed["cx_connect_fail"], closed["rq_error"]), (0, 1, 1))
+        loop = hosts["10.250.0.4:80"]
+        self.assertEqual((loop["rq_total"], loop["rq_error"]), (1, 1))
+
+        status, text = self.admin("/clusters")
+        self.assertIn("original_dst::10.250.0.3:80::rq_total::8\n", text)
+        status, text = self.admin("/stats/prometheus")
+        self.assertIn('envoy_cluster_upstream_rq_total{envoy_cluster_name="original_dst"} 9\n', text)
+        self.assertIn('envoy_http_downstream_rq_xx{envoy_response_code_class="2",'
+                      'envoy_http_conn_manager_prefix="origdst"} 7\n', text)
+        self.assertEqual(self.admin("/logging?level=debug")[0], 405)
+        self.assertEqual(self.admin("/logging?level=debug", "POST"),
+                         (200, "active loggers:\n  origdst: debug\n"))
+        self.assertEqual(self.admin("/logging?level=info", "POST")[0], 200)
+
+    def test_2_pageShowsNewDestination(self):
+        """
+        The live page, in a headless Chromium inside namespace C, lists the destinations; a
+        request to a new one makes it appear with its request count, by itself.
+        """
+        chromium = browser.find_chromium()
+        if chromium is None:
+            raise unittest.SkipTest("chromium is not installed (Debian: apt-get install chromium)")
+        topology = self.topology
+        page = browser.Browser(["ip", "netns", "exec", topology.client], topology.workdir, chromium)
+        self.addCleanup(page.stop)
+        topology.track(page)
+        session = page.open(ADMIN + "/")
+        rows = (
+            "Array.from(document.querySelectorAll('#hosts tbody tr[data-host]'))"
+            ".map(r => [r.dataset.host, Number(r.querySelector('.rq_total').textContent),"
+            " Number(r.querySelector('.rq_rate').textContent)])"
+        )
+        page.wait_for(session, "document.readyState === 'complete' && "
+                      "document.getElementById('updated').textContent !== 'never'", 20,
+                      what="the page's first update")
+        self.assertEqual(page.evaluate(session, "document.getElementById('state').textContent"), "LIVE")
+        new = "%s:%d" % (netns.SERVER_V4, PAGE_PORT)
+        self.assertNotIn(new, [row[0] for row in page.evaluate(session, rows)])
+
+        self.assertEqual(self.one(netns.SERVER_V4, PAGE_PORT), 200)
+        found = page.wait_for(
+            session, "(%s).filter(r => r[0] === %s && r[1] >= 1)" % (rows, json.dumps(new)), 20,
+            what="%s on the page" % new)
+        [(host, requests, rate)] = found
+        self.assertEqual((host, requests), (new, 1))
+        self.assertGreater(rate, 0)
+        if os.environ.get("ORIGDST_SCREENSHOT"):
+            page.screenshot(session, os.environ["ORIGDST_SCREENSHOT"])
+        # Nothing on the page failed: no error banner.
+        self.assertEqual(page.evaluate(session, "document.getElementById('error').style.display"), "none")
+
+
+def testSuite():
+    """
+    The tests in order (the page test needs a destination the counting test did not use),
+    then the teardown of their namespaces.
+    """
+    names = sorted(name for name in dir(AdminEndToEndTests) if name.startswith("test_"))
+    return netns.suite(AdminEndToEndTests, names)
