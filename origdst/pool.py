@@ -196,6 +196,7 @@ class Pool:
     def _idle_timeout(self, conn):
         conn.idle_timer = None
         if conn in self.idle:
+            log.debug("Closing idle connection to {key}.", key=self.key)
             self.idle.remove(conn)
             conn.transport.loseConnection()
 

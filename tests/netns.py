@@ -460,6 +460,42 @@ class Topology:
 
     # -- the client ------------------------------------------------------------------
 
+    def start_script(self, name, args):
+        """
+        Start tests/C{name} (standard library only) in C as the unprivileged
+        client, with C{args}; its stdout is piped.
+
+        @return: the L{subprocess.Popen}; L{finish_script} collects it.
+        """
+        script = os.path.join(os.path.dirname(self.client_script), name)
+        if not os.path.exists(script):
+            shutil.copyfile(os.path.join(_HERE, name), script)
+            os.chmod(script, 0o644)
+        return subprocess.Popen(
+            self._as_client([self.client_python, script] + [str(a) for a in args]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    @staticmethod
+    def finish_script(proc, timeout=60):
+        """
+        Wait (bounded) for a script from L{start_script}.
+
+        @return: the JSON it printed.
+        """
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=5)
+            raise TopologyError("client script timed out after %ss" % (timeout,))
+        if proc.returncode != 0:
+            raise TopologyError("client script failed (%d): %s" % (proc.returncode, err.strip()))
+        return json.loads(out)
+
     def run_client(self, spec, timeout=60):
         """
         Run netclient.py in C as uid 65534 with C{spec} (see netclient.py) on stdin.
