@@ -42,6 +42,10 @@ STREAM_TIMEOUT = b"stream timeout"
 # Stream ids: each request's log lines carry [C<connection>][S<stream>].
 _streams = itertools.count(1)
 
+# How long a client that sent Expect: 100-continue waits for the server's
+# 100 before the proxy sends one (curl waits 1 s before sending anyway).
+CONTINUE_AFTER = 1.0
+
 # Why a client connection is not being read.
 CONNECTING = "waiting for an upstream connection"
 PIPELINE = "a pipelined request waits for the previous response"
@@ -300,6 +304,10 @@ class ProxyChannel(Protocol):
         exchange.upgrade = upgrade
         exchange.close_after = wants_close(version, index)
         exchange.replayable = method in IDEMPOTENT and kind == framing.NONE
+        if kind != framing.NONE and version == HTTP11 and b"100-continue" in (
+            v.lower() for v in index.get(b"expect", ())
+        ):
+            exchange.expect_continue()
         self.exchange = exchange
         if debug_enabled():
             log.debug(
@@ -550,6 +558,8 @@ class Exchange:
         "upgrade",
         "idle_timer",
         "active_at",
+        "continued",
+        "continue_timer",
         "tag",
     )
 
@@ -571,6 +581,8 @@ class Exchange:
         self.sent_at = None
         self.timer = None
         self.upgrade = None
+        self.continued = False
+        self.continue_timer = None
         self.idle_timer = None
         timeout = channel.settings.stream_idle_timeout
         if timeout:
@@ -639,8 +651,27 @@ class Exchange:
     # The response, from the upstream connection.
 
     def informational(self, status, reason, fields, index):
+        if status == 100:
+            if self.continued:
+                return
+            self.continued = True
         if self.version == HTTP11:
             self.channel.transport.write(informational_head(status, reason, fields, index))
+
+    def expect_continue(self):
+        """
+        The client waits for C{100 Continue} before sending its body. The
+        server's is passed on; if none came within a second (a server that
+        ignores Expect, or a slow connect), the proxy sends one itself, and
+        never a second one.
+        """
+        self.continue_timer = self.channel.reactor.callLater(CONTINUE_AFTER, self._send_continue)
+
+    def _send_continue(self):
+        self.continue_timer = None
+        if not self.continued and not self.response_started:
+            self.continued = True
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def response_head(self, status, reason, fields, index, kind, length):
         channel = self.channel
@@ -825,6 +856,9 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.continue_timer is not None:
+            self.continue_timer.cancel()
+            self.continue_timer = None
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None

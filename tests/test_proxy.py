@@ -793,3 +793,39 @@ class TargetTests(unittest.TestCase):
         upstream = self.proxy.accept_upstream()
         channel.dataReceived(b"0\r\nContent-Length: 5\r\nHost: evil\r\nX-Checksum: 1\r\n\r\n")
         self.assertTrue(upstream.value().endswith(b"0\r\nX-Checksum: 1\r\n\r\n"))
+
+
+class ExpectContinueTests(unittest.TestCase):
+    EXPECT = b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+
+    def test_proxy_sends_continue_when_server_does_not(self):
+        """
+        A server that ignores Expect does not leave the client waiting: the
+        proxy sends 100 after a second, and drops a late one from the server.
+        """
+        proxy = ProxyHarness(self)
+        channel, client = proxy.client()
+        channel.dataReceived(self.EXPECT)
+        upstream = proxy.accept_upstream()
+        proxy.reactor.advance(0.9)
+        self.assertEqual(client.value(), b"")
+        proxy.reactor.advance(0.1)
+        self.assertEqual(client.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        upstream.protocol.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
+        channel.dataReceived(b"hi")
+        upstream.protocol.dataReceived(OK)
+        self.assertEqual(client.value().count(b"100 Continue"), 1)
+        self.assertTrue(upstream.value().endswith(b"\r\n\r\nhi"))
+
+    def test_server_answers_first(self):
+        """
+        A final answer before any 100 (e.g. a refusal) means no 100 at all.
+        """
+        proxy = ProxyHarness(self)
+        channel, client = proxy.client()
+        channel.dataReceived(self.EXPECT)
+        upstream = proxy.accept_upstream()
+        upstream.protocol.dataReceived(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")
+        proxy.reactor.advance(5)
+        self.assertNotIn(b"100 Continue", client.value())
+        self.assertEqual(parse_response(client.value())[0], 417)
