@@ -179,7 +179,8 @@ class ProxyChannel(Protocol):
 
     def dataReceived(self, data):
         if self.tunnel is not None:
-            self.tunnel.transport.write(data)
+            # Through the upstream connection's send, which counts the bytes.
+            self.tunnel.send((data,))
             return
         if self.closing:
             return

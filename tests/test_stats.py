@@ -257,6 +257,24 @@ class CountingTests(unittest.TestCase):
         self.assertEqual(self.stats.downstream_rq_xx[5], 2)
         self.assertEqual(self.stats.upstream_rq_total, 1)
 
+    def test_tunnel(self):
+        """
+        An upgrade's 101 counts as a 1xx on both sides, and the tunnel's
+        bytes count both ways.
+        """
+        from tests.test_tunnel import SWITCH, UPGRADE
+
+        channel, client = self.proxy.client()
+        channel.dataReceived(UPGRADE)
+        upstream = self.proxy.accept_upstream()
+        upstream.protocol.dataReceived(SWITCH + b"hi")
+        channel.dataReceived(b"hello")
+        self.assertEqual((self.stats.downstream_rq_xx[1], self.stats.upstream_rq_xx[1]), (1, 1))
+        self.assertEqual(self.pool().tx_bytes, len(upstream.value()))
+        self.assertTrue(upstream.value().endswith(b"hello"))
+        self.assertEqual(self.pool().rx_bytes, len(SWITCH) + 2)
+        self.assertEqual(self.stats.upstream_cx_tx_bytes_total, len(upstream.value()))
+
     def test_stream_ids(self):
         """
         Each request's log lines carry its connection and its own stream id.
