@@ -57,6 +57,9 @@ class Settings:
     deny_host: tuple = ()
     allow_source: tuple = ()
     use_original_dst_header: bool = False
+    # The admin interface shows where the host connects and changes the log
+    # level: a non-loopback --admin needs this explicit consent.
+    admin_allow_remote: bool = False
     # Downstream connection idle timeout (Envoy's idle_timeout, 1 h): a client
     # connection with no request in progress is closed after this long.
     idle_timeout: float = 3600.0
@@ -302,6 +305,7 @@ PARSERS = {
     "deny-host": _host_patterns("deny-host"),
     "allow-source": _networks("allow-source"),
     "use-original-dst-header": _boolean("use-original-dst-header"),
+    "admin-allow-remote": _boolean("admin-allow-remote"),
     "idle-timeout": _seconds("idle-timeout", allow_zero=True),
     "request-headers-timeout": _seconds("request-headers-timeout", allow_zero=True),
     "stream-idle-timeout": _seconds("stream-idle-timeout", allow_zero=True),
@@ -309,7 +313,35 @@ PARSERS = {
 
 # Settings that hold lists: each use of the flag adds to the list.
 LISTS = ("allow", "deny", "allow-host", "deny-host", "allow-source")
-FLAGS = ("use-original-dst-header",)
+FLAGS = ("use-original-dst-header", "admin-allow-remote")
+
+
+_INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:\\])*)")
+
+
+def check_admin(settings):
+    """
+    Refuse an admin endpoint reachable beyond this host unless
+    C{admin-allow-remote} says so: it reveals every destination the host
+    talks to and can change the log level.
+
+    @raise ConfigError: naming C{--admin} and the description.
+    """
+    description = settings.admin
+    kind = description.split(":", 1)[0].lower()
+    if description == "none" or kind == "unix" or settings.admin_allow_remote:
+        return
+    match = _INTERFACE.search(description)
+    interface = re.sub(r"\\(.)", r"\1", match.group(1)) if match else ""
+    try:
+        loopback = interface == "localhost" or ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"admin: {description} is reachable from other hosts; give it "
+            f"interface=127.0.0.1 (or ::1), or add --admin-allow-remote"
+        )
 
 
 def attribute(option):

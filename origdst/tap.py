@@ -45,6 +45,7 @@ _HELP = {
     "allow-source": "Client networks that may use the proxy; repeatable; none means all.",
     "use-original-dst-header": "Let <header-prefix>-original-dst-host: ip:port "
     "choose the destination (still subject to the egress policy).",
+    "admin-allow-remote": "Allow an --admin endpoint that is not on loopback.",
     "idle-timeout": "Seconds a client connection may sit with no request; 0 = none.",
     "request-headers-timeout": "Seconds to receive a whole request head once it "
     "began (408 after); 0 = none.",
@@ -96,6 +97,10 @@ class Options(usage.Options):
                     raise config.ConfigError(
                         f"--{option}: invalid endpoint description {description!r}: {e}"
                     )
+            try:
+                config.check_admin(settings)
+            except config.ConfigError as e:
+                raise config.ConfigError(f"--{e}")
         except config.ConfigError as e:
             raise usage.UsageError(str(e))
         self.settings = settings

@@ -303,7 +303,9 @@ class OptionTests(unittest.TestCase):
         """
         self.assertEqual(self.parse().admin, "tcp:9901:interface=127.0.0.1")
         self.assertEqual(self.parse("--admin", "9902").admin, "tcp:9902:interface=127.0.0.1")
-        self.assertEqual(self.parse("--admin", "tcp6:9902").admin, "tcp6:9902")
+        self.assertEqual(
+            self.parse("--admin", "tcp6:9902", "--admin-allow-remote").admin, "tcp6:9902"
+        )
         self.assertEqual(self.parse("--admin", "None").admin, "none")
         e = self.assertRaises(usage.UsageError, self.parse, "--admin", "nosuch:9")
         self.assertIn("--admin", str(e))

@@ -148,6 +148,21 @@ class OptionsTests(unittest.TestCase):
         e = self.assertRaises(usage.UsageError, self.parse, "--config", path)
         self.assertIn("use-original-dst-header", str(e))
 
+    def test_admin_loopback_only(self):
+        """
+        The admin endpoint must stay on loopback unless --admin-allow-remote
+        is given; the error names the option and the description.
+        """
+        for description in ("tcp:9901", "tcp:9901:interface=0.0.0.0", "tcp6:9901:interface=\\:\\:"):
+            e = self.assertRaises(usage.UsageError, self.parse, "--admin", description)
+            self.assertIn("--admin", str(e))
+            self.assertIn(description, str(e))
+            self.assertIn("--admin-allow-remote", str(e))
+        for description in ("tcp:9901:interface=127.0.0.2", "tcp6:9901:interface=\\:\\:1", "9902", "unix:/run/od.sock", "none"):
+            self.assertTrue(self.parse("--admin", description).admin)
+        s = self.parse("--admin", "tcp:9901:interface=0.0.0.0", "--admin-allow-remote")
+        self.assertEqual(s.admin, "tcp:9901:interface=0.0.0.0")
+
     def test_bad_endpoint(self):
         """
         An endpoint description Twisted cannot parse is a usage error.
