@@ -69,6 +69,9 @@ class Settings:
     # Envoy's stream_idle_timeout: an exchange with no bytes either way for
     # this long ends (408 before the response began, a reset after).
     stream_idle_timeout: float = 300.0
+    # One line per request: a file, "-" for stdout, or "none" (off).
+    access_log: str = "none"
+    access_log_format: str = "envoy"
 
 
 def _seconds(name, allow_zero=False):
@@ -281,6 +284,16 @@ def _choice(name, choices):
     return parse
 
 
+def _access_log(name):
+    def parse(value):
+        value = str(value).strip()
+        if not value:
+            raise ConfigError(f"{name}: empty path (none turns the access log off)")
+        return "none" if value.lower() == "none" else value
+
+    return parse
+
+
 # Each setting's parser, by the name used on the command line and in the
 # config file; the attribute of Settings is the same name with underscores.
 PARSERS = {
@@ -309,6 +322,8 @@ PARSERS = {
     "idle-timeout": _seconds("idle-timeout", allow_zero=True),
     "request-headers-timeout": _seconds("request-headers-timeout", allow_zero=True),
     "stream-idle-timeout": _seconds("stream-idle-timeout", allow_zero=True),
+    "access-log": _access_log("access-log"),
+    "access-log-format": _choice("access-log-format", ("envoy", "json")),
 }
 
 # Settings that hold lists: each use of the flag adds to the list.

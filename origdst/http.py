@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
-from origdst import framing
+from origdst import accesslog, framing
 from origdst.flow import Pauser, connect_flow, disconnect_flow
 from origdst.headers import (
     LOOP_HEADER,
@@ -137,7 +137,13 @@ class ProxyChannel(Protocol):
 
     @ivar destination: C{(ip, port)} the client was really connecting to, or
         C{None} when the connection is refused.
+    @ivar access_log: the L{origdst.accesslog.AccessLog} when it is on (the
+        listener sets it), and C{log_record} the record of the last request
+        head parsed.
     """
+
+    access_log = None
+    log_record = None
 
     def __init__(self, cluster, settings, reactor, tag, resolve, policy):
         """
@@ -238,6 +244,8 @@ class ProxyChannel(Protocol):
     def start_request(self, head):
         try:
             method, target, version, fields = framing.parse_request_head(head)
+            if self.access_log is not None:
+                self.log_record = self.access_log.begin(self, method, target, version, fields)
             if len(fields) > self.settings.max_request_headers_count:
                 raise framing.BadMessage(431, "too many request headers")
             index = framing.index(fields)
@@ -384,6 +392,8 @@ class ProxyChannel(Protocol):
         The response to the current request is complete.
         """
         self.exchange = None
+        if self.access_log is not None:
+            self.access_log.end(exchange)
         if exchange.close_after or self.read_closed:
             self.close()
             return
@@ -399,6 +409,8 @@ class ProxyChannel(Protocol):
         both ways unchanged, each side pausing the other when it falls
         behind, until either side closes. No timeout applies to a tunnel.
         """
+        if self.access_log is not None:
+            self.access_log.end(self.exchange)
         self.exchange = None
         self.tunnel = conn
         conn.start_tunnel(self)
@@ -457,7 +469,8 @@ class ProxyChannel(Protocol):
     def reject(self, error):
         """
         Answer a request that cannot be handled, and close: after a framing
-        error nothing on the connection can be trusted.
+        error nothing on the connection can be trusted. The body is Envoy's,
+        the status's reason phrase; what was wrong goes to the logs.
         """
         log.info(
             "{tag} rejected a request from {peer}: {error}.",
@@ -465,12 +478,21 @@ class ProxyChannel(Protocol):
             peer=_format(self.peer),
             error=error,
         )
-        self.local_reply(error.status, error.reason.encode("latin-1"))
+        reason = responses.get(error.status, "Unknown").encode("ascii")
+        self.local_reply(error.status, reason, details=error.reason)
 
-    def local_reply(self, status, body, close=True, extra=b"", method=b"GET"):
+    def local_reply(self, status, body, close=True, extra=b"", method=b"GET", details=None):
         """
         Answer the client from the proxy itself, in Envoy's plain-text form.
         """
+        exchange = self.exchange
+        if exchange is not None and exchange.response_started:
+            # Too late for a reply: a response is under way (a request body
+            # went bad while it streamed), so cut the connection, as Envoy
+            # resets the stream.
+            exchange.log_ending(accesslog.classify(status, body, exchange.retried, details))
+            self.close()
+            return
         stats = self.cluster.stats
         if self.exchange is None:
             # A request refused before it became an exchange counts here.
@@ -492,6 +514,8 @@ class ProxyChannel(Protocol):
             )
         )
         self.transport.write(head if method == b"HEAD" else head + body)
+        if self.access_log is not None:
+            self.access_log.local_reply(self, status, body, method, details)
         if close:
             self.close()
 
@@ -502,6 +526,8 @@ class ProxyChannel(Protocol):
         self.closing = True
         self.reader = None
         self._cancel_timers()
+        if self.exchange is not None and self.access_log is not None:
+            self.access_log.end(self.exchange, accesslog.LOCAL_DISCONNECT)
         self._abort_exchange()
         self.transport.loseConnection()
 
@@ -509,6 +535,8 @@ class ProxyChannel(Protocol):
         self.closing = True
         self.cluster.stats.downstream_cx_active -= 1
         self._cancel_timers()
+        if self.exchange is not None and self.access_log is not None:
+            self.access_log.end(self.exchange, accesslog.DOWNSTREAM_DISCONNECT)
         self._abort_exchange()
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
@@ -562,6 +590,7 @@ class Exchange:
         "continued",
         "continue_timer",
         "tag",
+        "log",
     )
 
     def __init__(self, channel, pool, method, version, upstream_head, kind):
@@ -590,11 +619,14 @@ class Exchange:
             self.active_at = channel.reactor.seconds()
             self.idle_timer = channel.reactor.callLater(timeout, self.idle_check)
         self.tag = "%s[S%d]" % (channel.tag, next(_streams))
+        self.log = channel.log_record
         pool.stats.downstream_rq_total += 1
 
     # The request, from the client.
 
     def body_data(self, data):
+        if self.log is not None:
+            self.log.received += len(data)
         if self.idle_timer is not None:
             self.active_at = self.channel.reactor.seconds()
         pieces = framing.encode_chunk(data) if self.chunked_in else [data]
@@ -676,6 +708,8 @@ class Exchange:
 
     def response_head(self, status, reason, fields, index, kind, length):
         channel = self.channel
+        if self.log is not None:
+            self.log.response(status, channel.reactor.seconds() - self.sent_at)
         if status == 101 or (self.method == b"CONNECT" and status < 300):
             self.switch_protocols(status, reason, fields, index)
             return
@@ -768,11 +802,14 @@ class Exchange:
         channel = self.channel
         self.abort()
         if self.response_started:
+            self.log_ending(accesslog.LATE_IDLE_TIMEOUT)
             channel.close()
         else:
             channel.local_reply(408, STREAM_TIMEOUT, method=self.method)
 
     def response_data(self, data):
+        if self.log is not None:
+            self.log.sent += len(data)
         if self.idle_timer is not None:
             self.active_at = self.channel.reactor.seconds()
         if self.chunked_out:
@@ -794,6 +831,7 @@ class Exchange:
         """
         self.conn = None
         if self.response_started:
+            self.log_ending(accesslog.LATE_TERMINATION)
             self._release()
             self.channel.close()
         elif reused and not response_started and self.replayable and not self.retried:
@@ -813,6 +851,7 @@ class Exchange:
         log.info("{tag} upstream {key}: {error}.", tag=self.tag, key=self.pool.key, error=error)
         self.conn = None
         if self.response_started:
+            self.log_ending(accesslog.LATE_PROTOCOL_ERROR)
             self._release()
             self.channel.close()
         else:
@@ -824,12 +863,20 @@ class Exchange:
         self.pool.rq_timeout += 1
         log.info("{tag} upstream {key}: request timeout.", tag=self.tag, key=self.pool.key)
         if self.response_started:
+            self.log_ending(accesslog.LATE_TIMEOUT)
             self.abort()
             self.channel.close()
         else:
             self.upstream_reply(504, REQUEST_TIMEOUT)
 
     # Ending.
+
+    def log_ending(self, ending):
+        """
+        Tell the access log why the exchange is being cut short.
+        """
+        if self.log is not None:
+            self.log.ending = ending
 
     def upstream_reply(self, status, body, extra=b""):
         """

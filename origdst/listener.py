@@ -30,20 +30,24 @@ class ListenerFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, cluster, settings, reactor, original_destination=original_destination):
+    def __init__(
+        self, cluster, settings, reactor, original_destination=original_destination, access_log=None
+    ):
         """
         @param original_destination: reads C{(ip, port)} from an accepted
             socket; replaceable so tests can run without iptables.
+        @param access_log: the L{origdst.accesslog.AccessLog}, or C{None}.
         """
         self.cluster = cluster
         self.settings = settings
         self.reactor = reactor
         self.original_destination = original_destination
         self.policy = Policy(settings)
+        self.access_log = access_log
         self._ids = itertools.count(1)
 
     def buildProtocol(self, addr):
-        return ProxyChannel(
+        channel = ProxyChannel(
             self.cluster,
             self.settings,
             self.reactor,
@@ -51,6 +55,9 @@ class ListenerFactory(ServerFactory):
             self.resolve_for,
             self.policy,
         )
+        if self.access_log is not None:
+            channel.access_log = self.access_log
+        return channel
 
     def resolve_for(self, channel):
         """

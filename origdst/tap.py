@@ -10,7 +10,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import admin, config
+from origdst import accesslog, admin, config
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -51,6 +51,9 @@ _HELP = {
     "began (408 after); 0 = none.",
     "stream-idle-timeout": "Seconds a request may see no bytes either way (408, "
     "or a reset once the response began); 0 = none.",
+    "access-log": "File to write one line per request to (reopened on SIGHUP), "
+    "- for stdout, or none.",
+    "access-log-format": "envoy (Envoy's default format) or json (one object per line).",
 }
 
 
@@ -204,7 +207,10 @@ def makeService(options, reactor=None):
     top = ProxyService(Stats(reactor.seconds()), observer)
     cluster = OriginalDstCluster(settings, reactor, top.stats)
     cluster.setServiceParent(top)
-    factory = ListenerFactory(cluster, settings, reactor)
+    access_log = accesslog.from_settings(settings)
+    if access_log is not None:
+        accesslog.AccessLogService(access_log, reactor).setServiceParent(top)
+    factory = ListenerFactory(cluster, settings, reactor, access_log=access_log)
     listener = ListenerService(settings.port, factory, reactor)
     if settings.admin != "none":
         state = admin.Admin(

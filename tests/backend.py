@@ -13,6 +13,8 @@ writes one line per request to stdout.  Endpoints:
   - C{/bytes?n=N}: N bytes of L{pattern} with Content-Length.
   - C{/slow?delay=SECONDS}: C{slow done} after the delay.
   - C{/peer}: the peer's port as text, to tell upstream connections apart.
+  - C{/status?code=N&h=NAME:VALUE...}: status N with a short text body (none for 204 and
+    304) and each C{h} as a response header.
 """
 
 import argparse
@@ -79,7 +81,11 @@ class Backend(resource.Resource):
         print("%s %s %s from [%s]:%s" % (
             request.method.decode("latin-1"), request.uri.decode("latin-1"),
             request.clientproto.decode("latin-1"), peer.host, peer.port), flush=True)
-        handler = getattr(self, "render_" + request.path.decode("latin-1").strip("/"), None)
+        path = request.path
+        if path[:7].lower() == b"http://":
+            # Absolute-form (RFC 9112 section 3.2.2): dispatch on its path.
+            path = b"/" + path[7:].partition(b"/")[2]
+        handler = getattr(self, "render_" + path.decode("latin-1").strip("/"), None)
         if handler is None:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain")
@@ -156,6 +162,15 @@ class Backend(resource.Resource):
         call = self._reactor.callLater(delay, answer)
         request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
         return server.NOT_DONE_YET
+
+    def render_status(self, request):
+        code = _arg(request, "code", 200)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain")
+        for item in request.args.get(b"h", []):
+            name, _, value = item.partition(b":")
+            request.responseHeaders.addRawHeader(name, value)
+        return b"" if code in (204, 304) else b"status %d\n" % code
 
     def render_peer(self, request):
         request.setHeader(b"content-type", b"text/plain")

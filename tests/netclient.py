@@ -17,7 +17,8 @@ itself if the server closed it; each response reports the local port it came on,
 tell).  Headers are sent in the given order and case; C{Host} is added first unless given, and
 C{Content-Length} (or C{Transfer-Encoding: chunked} with C{"chunked": true}) is added for a
 body.  Instead of C{requests}, C{"raw": "<bytes as latin-1 text>"} sends those bytes and reads
-until the server closes or C{read_timeout} passes.
+until the server closes or C{read_timeout} passes (C{keep}: how many bytes of it to return, 64 KiB
+by default).
 
 C{{"connections": [spec, ...]}} runs several such connections one after the other in the same
 process (no interpreter start-up between them) and prints C{{"connections": [result, ...]}}.
@@ -150,7 +151,7 @@ def run_raw(spec):
     except Exception as e:
         out["error"] = "%s: %s" % (type(e).__name__, e)
     out["raw_len"] = len(data)
-    out["raw_response"] = data[:SMALL_BODY].decode("latin-1")
+    out["raw_response"] = data[:spec.get("keep", SMALL_BODY)].decode("latin-1")
     first = data.split(b"\r\n", 1)[0].split()
     if len(first) >= 2 and first[0].startswith(b"HTTP/") and first[1].isdigit():
         out["status"] = int(first[1])
