@@ -259,8 +259,12 @@ class ProxyChannel(Protocol):
                 destination = self.route(index)
                 if target[:7].lower() == b"http://":
                     target, authority = absolute_target(target, destination)
-                    fields = [f for f in fields if f[0].lower() != b"host"]
-                    fields.append((b"Host", authority))
+                    # The authority replaces Host where it stands (RFC 9112
+                    # section 3.2.2), or comes first when there was none.
+                    if hosts:
+                        fields = [(n, authority) if n.lower() == b"host" else (n, v) for n, v in fields]
+                    else:
+                        fields.insert(0, (b"Host", authority))
                     index[b"host"] = [authority]
         except framing.BadMessage as e:
             self.reject(e)

@@ -407,30 +407,10 @@ def documented(side, sent, backend_view, response, problems):
     return summary
 
 
-def _host_moved_last(direct, proxied):
-    """
-    Known difference (a bug, reported): origdst moves the Host field of an
-    absolute-form request to the end of the fields instead of rewriting it
-    where it was. Field order across names carries no meaning (RFC 9110
-    section 5.3), so it is tolerated here, but kept visible.
-
-    @return: both views with the backend's Host fields set aside, their
-        values still compared.
-    """
-    for view in (direct, proxied):
-        backend = view["backend"]
-        backend["host"] = [v for n, v in backend["headers"] if n.lower() == b"host"]
-        backend["headers"] = [(n, v) for n, v in backend["headers"] if n.lower() != b"host"]
-    return direct, proxied
-
-
 #: Cases where origdst differs in a way it does not document: each entry must
 #: still be needed (the test fails once the difference is gone, so the entry
 #: goes with it).
-KNOWN_DIFFERENCES = {
-    "absolute-form": _host_moved_last,
-    "absolute-form-other-host": _host_moved_last,
-}
+KNOWN_DIFFERENCES = {}
 
 
 def _is_head(sent):
