@@ -52,7 +52,7 @@ PIPELINE = "a pipelined request waits for the previous response"
 
 # Requests that may be sent again when a reused connection turns out to have
 # been closed by the server before it answered (RFC 9110 section 9.2.2).
-IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 
 
 class Refusal:
@@ -316,7 +316,11 @@ class ProxyChannel(Protocol):
         exchange = Exchange(self, pool, method, version, upstream_head, kind)
         exchange.upgrade = upgrade
         exchange.close_after = wants_close(version, index)
-        exchange.replayable = method in IDEMPOTENT and kind == framing.NONE
+        # Bodies are streamed, not kept, so only a request without one can be
+        # sent again; an Idempotency-Key marks any method as safe to repeat.
+        exchange.replayable = kind == framing.NONE and (
+            method in IDEMPOTENT or b"idempotency-key" in index
+        )
         if kind != framing.NONE and version == HTTP11 and b"100-continue" in (
             v.lower() for v in index.get(b"expect", ())
         ):

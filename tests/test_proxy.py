@@ -829,3 +829,36 @@ class ExpectContinueTests(unittest.TestCase):
         proxy.reactor.advance(5)
         self.assertNotIn(b"100 Continue", client.value())
         self.assertEqual(parse_response(client.value())[0], 417)
+
+
+class RetryPolicyTests(unittest.TestCase):
+    def retried(self, request):
+        proxy = ProxyHarness(self)
+        channel, client = proxy.client()
+        channel.dataReceived(GET)
+        first = proxy.accept_upstream()
+        first.protocol.dataReceived(OK)
+        attempts = len(proxy.reactor.tcpClients)
+        channel.dataReceived(request)
+        first.loseConnection()
+        return len(proxy.reactor.tcpClients) > attempts
+
+    def test_idempotent_methods_without_body(self):
+        """
+        PUT and DELETE are idempotent: without a body they are retried once.
+        """
+        self.assertTrue(self.retried(b"DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+        self.assertTrue(self.retried(b"PUT /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+
+    def test_idempotency_key(self):
+        """
+        An Idempotency-Key makes a POST without a body safe to repeat.
+        """
+        self.assertTrue(self.retried(b"POST /x HTTP/1.1\r\nHost: h\r\nIdempotency-Key: k1\r\n\r\n"))
+        self.assertFalse(self.retried(b"POST /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+
+    def test_body_never_replayed(self):
+        """
+        A request with a body is never sent twice, whatever its method.
+        """
+        self.assertFalse(self.retried(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx"))
