@@ -1277,6 +1277,8 @@ def baseline_source(ref, python):
     got = _run([python, "-c", "import origdst; print(origdst.__file__)"], env=env,
                check=False, cwd=where).stdout.strip()
     if not got.startswith(where + os.sep):
+        if made:
+            shutil.rmtree(made, True)
         sys.exit("bench: --baseline %s: origdst imports from %r instead" % (ref, got))
     return made, where, env
 
