@@ -167,8 +167,19 @@ class ProxyChannel(Protocol):
         self.closing = False
         self.read_closed = False
         self.buf = b""
-        self.idle_timer = None
-        self.headers_timer = None
+        # One timer per connection serves every client-side timeout (see
+        # _on_timer): it is re-armed lazily, so a request costs no timer work.
+        self.timer = None
+        self.idle_since = 0.0
+        self.head_since = None
+        self.timer_period = min(
+            [t for t in (
+                settings.idle_timeout,
+                settings.request_headers_timeout,
+                settings.stream_idle_timeout,
+                settings.request_timeout,
+            ) if t] or [0]
+        )
         self.max_head = settings.max_request_headers_kb * 1024
         self.server = settings.server_name.encode("latin-1")
         self.prefix = settings.header_prefix.encode("ascii")
@@ -181,7 +192,9 @@ class ProxyChannel(Protocol):
         peer = self.transport.getPeer()
         self.peer = (plain_ip(peer.host), peer.port)
         self.destination, self.refusal = self.resolve(self)
-        self._arm_idle()
+        self.idle_since = self.reactor.seconds()
+        if self.timer_period:
+            self.timer = self.reactor.callLater(self.timer_period, self._on_timer)
 
     def dataReceived(self, data):
         if self.tunnel is not None:
@@ -203,9 +216,6 @@ class ProxyChannel(Protocol):
             self.exchange.request_received(reader.trailers)
             if not data or self.closing:
                 return
-        if self.exchange is None and self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         self.buf = self.buf + data if self.buf else data
         self.next_request()
 
@@ -226,16 +236,12 @@ class ProxyChannel(Protocol):
                 except framing.BadMessage as e:
                     self.reject(e)
                     return
-                if buf and self.headers_timer is None:
-                    timeout = self.settings.request_headers_timeout
-                    if timeout:
-                        self.headers_timer = self.reactor.callLater(timeout, self._headers_timed_out)
-                elif not buf:
-                    self._arm_idle()
+                if not buf:
+                    self.idle_since = self.reactor.seconds()
+                elif self.head_since is None:
+                    self.head_since = self.reactor.seconds()
                 return
-            if self.headers_timer is not None:
-                self.headers_timer.cancel()
-                self.headers_timer = None
+            self.head_since = None
             self.buf = buf[end + 4 :]
             self.start_request(buf[:end])
         if self.buf and self.exchange is not None and self.reader is None:
@@ -406,10 +412,9 @@ class ProxyChannel(Protocol):
             self.close()
             return
         self.pauser.resume(PIPELINE)
+        self.idle_since = self.reactor.seconds()
         if self.buf:
             self.next_request()
-        else:
-            self._arm_idle()
 
     def start_tunnel(self, conn):
         """
@@ -449,30 +454,48 @@ class ProxyChannel(Protocol):
         if self.read_closed:
             self.transport.loseConnection()
 
-    def _arm_idle(self):
-        timeout = self.settings.idle_timeout
-        if not timeout or self.closing:
+    def _on_timer(self):
+        """
+        Check every client-side deadline of this connection, act on the one
+        that passed, and re-arm.
+
+        Every deadline is set at least C{timer_period} (the shortest timeout)
+        after the moment it is set, so a timer that fires at most one period
+        after it was armed is never late: requests just record times, and the
+        timer catches up when it fires.
+        """
+        self.timer = None
+        if self.closing or self.tunnel is not None:
             return
-        if self.idle_timer is not None and self.idle_timer.active():
-            self.idle_timer.reset(timeout)
+        now = self.reactor.seconds()
+        settings = self.settings
+        exchange = self.exchange
+        if exchange is not None:
+            deadline = exchange.check_deadlines(now)
+        elif self.head_since is not None and settings.request_headers_timeout:
+            deadline = self.head_since + settings.request_headers_timeout
+            if now >= deadline:
+                log.info(
+                    "{tag} request head from {peer} not complete in time.",
+                    tag=self.tag,
+                    peer=_format(self.peer),
+                )
+                self.local_reply(408, HEADERS_TIMEOUT)
+                return
+        elif settings.idle_timeout and not self.buf:
+            deadline = self.idle_since + settings.idle_timeout
+            if now >= deadline:
+                log.debug("{tag} closing idle connection.", tag=self.tag)
+                self.close()
+                return
         else:
-            self.idle_timer = self.reactor.callLater(timeout, self._idle_timed_out)
-
-    def _idle_timed_out(self):
-        self.idle_timer = None
-        if self.exchange is None and self.tunnel is None and not self.buf:
-            log.debug("{tag} closing idle connection.", tag=self.tag)
-            self.close()
-
-    def _headers_timed_out(self):
-        self.headers_timer = None
-        if self.exchange is None and self.tunnel is None:
-            log.info(
-                "{tag} request head from {peer} not complete in time.",
-                tag=self.tag,
-                peer=_format(self.peer),
-            )
-            self.local_reply(408, HEADERS_TIMEOUT)
+            deadline = None
+        if self.closing:
+            return
+        wait = self.timer_period
+        if deadline is not None and deadline - now < wait:
+            wait = deadline - now
+        self.timer = self.reactor.callLater(wait, self._on_timer)
 
     def reject(self, error):
         """
@@ -551,12 +574,9 @@ class ProxyChannel(Protocol):
             tunnel.transport.loseConnection()
 
     def _cancel_timers(self):
-        for name in ("idle_timer", "headers_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                setattr(self, name, None)
-                if timer.active():
-                    timer.cancel()
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _abort_exchange(self):
         exchange = self.exchange
@@ -593,7 +613,7 @@ class Exchange:
         "sent_at",
         "timer",
         "upgrade",
-        "idle_timer",
+        "deadline",
         "active_at",
         "continued",
         "continue_timer",
@@ -617,15 +637,11 @@ class Exchange:
         self.replayable = False
         self.retried = False
         self.sent_at = None
-        self.timer = None
+        self.deadline = None
         self.upgrade = None
         self.continued = False
         self.continue_timer = None
-        self.idle_timer = None
-        timeout = channel.settings.stream_idle_timeout
-        if timeout:
-            self.active_at = channel.reactor.seconds()
-            self.idle_timer = channel.reactor.callLater(timeout, self.idle_check)
+        self.active_at = channel.reactor.seconds()
         self.tag = "%s[S%d]" % (channel.tag, next(_streams))
         self.log = channel.log_record
         pool.stats.downstream_rq_total += 1
@@ -635,8 +651,7 @@ class Exchange:
     def body_data(self, data):
         if self.log is not None:
             self.log.received += len(data)
-        if self.idle_timer is not None:
-            self.active_at = self.channel.reactor.seconds()
+        self.active_at = self.channel.reactor.seconds()
         pieces = framing.encode_chunk(data) if self.chunked_in else [data]
         if self.conn is not None:
             self.conn.send(pieces)
@@ -661,7 +676,7 @@ class Exchange:
             disconnect_flow(self.channel.pauser, conn.transport)
         timeout = self.channel.settings.request_timeout
         if timeout:
-            self.timer = self.channel.reactor.callLater(timeout, self.timed_out)
+            self.deadline = self.channel.reactor.seconds() + timeout
 
     # The upstream connection, from the pool.
 
@@ -795,17 +810,31 @@ class Exchange:
         self._release()
         channel.start_tunnel(conn)
 
-    def idle_check(self):
+    def check_deadlines(self, now):
+        """
+        Called by the connection's timer: end the exchange if its route
+        timeout or stream idle timeout passed.
+
+        @return: the next deadline, or C{None}.
+        """
+        if self.deadline is not None and now >= self.deadline:
+            self.timed_out()
+            return None
+        timeout = self.channel.settings.stream_idle_timeout
+        if timeout:
+            idle_deadline = self.active_at + timeout
+            if now >= idle_deadline:
+                self.idle_timed_out()
+                return None
+            if self.deadline is None or idle_deadline < self.deadline:
+                return idle_deadline
+        return self.deadline
+
+    def idle_timed_out(self):
         """
         The stream idle timeout: no byte either way for that long ends the
         exchange, with a 408 while the response has not begun.
         """
-        timeout = self.channel.settings.stream_idle_timeout
-        quiet = self.channel.reactor.seconds() - self.active_at
-        if quiet < timeout:
-            self.idle_timer = self.channel.reactor.callLater(timeout - quiet, self.idle_check)
-            return
-        self.idle_timer = None
         log.info("{tag} upstream {key}: stream idle timeout.", tag=self.tag, key=self.pool.key)
         channel = self.channel
         self.abort()
@@ -818,8 +847,7 @@ class Exchange:
     def response_data(self, data):
         if self.log is not None:
             self.log.sent += len(data)
-        if self.idle_timer is not None:
-            self.active_at = self.channel.reactor.seconds()
+        self.active_at = self.channel.reactor.seconds()
         if self.chunked_out:
             self.channel.transport.writeSequence(framing.encode_chunk(data))
         else:
@@ -866,7 +894,7 @@ class Exchange:
             self.upstream_reply(502, RESET_BEFORE_HEADERS + b"protocol error")
 
     def timed_out(self):
-        self.timer = None
+        self.deadline = None
         self.pool.stats.upstream_rq_timeout += 1
         self.pool.rq_timeout += 1
         log.info("{tag} upstream {key}: request timeout.", tag=self.tag, key=self.pool.key)
@@ -909,15 +937,10 @@ class Exchange:
             self.pool.cancel(self)
 
     def _release(self):
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None
         if self.continue_timer is not None:
             self.continue_timer.cancel()
             self.continue_timer = None
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         conn = self.conn
         if conn is not None:
             channel = self.channel

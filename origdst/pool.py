@@ -53,6 +53,7 @@ class Pool:
         self.connections = set()
         self.connecting = 0
         self.pending = collections.deque()
+        self._reaper = None
         self.closed = False
 
     def in_use(self):
@@ -85,8 +86,6 @@ class Pool:
         """
         while self.idle and not fresh:
             conn = self.idle.pop()
-            conn.idle_timer.cancel()
-            conn.idle_timer = None
             if conn.reusable:
                 if debug_enabled():
                     log.debug("{tag} reusing connection to {key}.", tag=exchange.tag, key=self.key)
@@ -165,9 +164,6 @@ class Pool:
         self.connections.discard(conn)
         if conn in self.idle:
             self.idle.remove(conn)
-        if conn.idle_timer is not None:
-            conn.idle_timer.cancel()
-            conn.idle_timer = None
         self.own_addresses.discard(conn.local_address)
         # A request that queued behind the limit can now have a connection.
         if len(self.pending) > self.connecting and self._room():
@@ -188,17 +184,30 @@ class Pool:
         elif self.closed:
             conn.transport.loseConnection()
         else:
+            conn.idle_since = self.reactor.seconds()
             self.idle.append(conn)
-            conn.idle_timer = self.reactor.callLater(
-                self.settings.upstream_idle_timeout, self._idle_timeout, conn
-            )
+            if self._reaper is None:
+                self._reaper = self.reactor.callLater(
+                    self.settings.upstream_idle_timeout, self._reap
+                )
 
-    def _idle_timeout(self, conn):
-        conn.idle_timer = None
-        if conn in self.idle:
+    def _reap(self):
+        """
+        Close the connections idle for the upstream idle timeout. Idle
+        connections are kept oldest first, so one timer per pool, re-armed
+        for the oldest, does for all of them.
+        """
+        self._reaper = None
+        now = self.reactor.seconds()
+        timeout = self.settings.upstream_idle_timeout
+        while self.idle and now - self.idle[0].idle_since >= timeout:
+            conn = self.idle.pop(0)
             log.debug("Closing idle connection to {key}.", key=self.key)
-            self.idle.remove(conn)
             conn.transport.loseConnection()
+        if self.idle:
+            self._reaper = self.reactor.callLater(
+                self.idle[0].idle_since + timeout - now, self._reap
+            )
 
 
 def _address(address):

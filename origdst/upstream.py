@@ -41,7 +41,7 @@ class UpstreamProtocol(Protocol):
         self.reused = False
         self.reusable = True
         self.request_sent = False
-        self.idle_timer = None
+        self.idle_since = 0.0
         self.local_address = None
         self._buf = b""
         self._reader = None

@@ -49,6 +49,10 @@ class IdleTimeoutTests(unittest.TestCase):
         channel, client = proxy.client()
         proxy.reactor.advance(10**6)
         self.assertTrue(client.connected)
+        proxy = ProxyHarness(
+            self, idle_timeout=0, request_headers_timeout=0, stream_idle_timeout=0, request_timeout=0
+        )
+        channel, client = proxy.client()
         self.assertEqual(proxy.reactor.getDelayedCalls(), [])
 
 
@@ -139,16 +143,38 @@ class StreamIdleTimeoutTests(unittest.TestCase):
         self.assertFalse(client.connected)
         self.assertTrue(upstream.disconnected)
 
-    def test_no_timers_left(self):
+    def test_no_timer_per_request(self):
         """
-        A completed exchange leaves no stream or route timer behind.
+        Requests schedule no timers of their own: a connection has one timer
+        for all its timeouts, and a pool one for its idle connections,
+        however many requests pass.
         """
-        proxy = ProxyHarness(self, idle_timeout=0, request_headers_timeout=0)
+        proxy = ProxyHarness(self)
         channel, client = proxy.client()
         channel.dataReceived(GET)
         upstream = proxy.accept_upstream()
         upstream.protocol.dataReceived(OK)
-        self.assertEqual(
-            [c for c in proxy.reactor.getDelayedCalls() if c.active() and c.func.__name__ != "_idle_timeout"],
-            [],
-        )
+        timers = [c.func.__name__ for c in proxy.reactor.getDelayedCalls() if c.active()]
+        self.assertEqual(sorted(timers), ["_on_timer", "_reap"])
+        scheduled = []
+        proxy.reactor.callLater = lambda *a, **kw: scheduled.append(a)
+        for _ in range(50):
+            channel.dataReceived(GET)
+            upstream.protocol.dataReceived(OK)
+        self.assertEqual(scheduled, [])
+        self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 51)
+
+    def test_timer_period(self):
+        """
+        The connection's timer fires at least once per shortest timeout, and
+        a deadline set later is never missed.
+        """
+        proxy = ProxyHarness(self, request_timeout=3, stream_idle_timeout=300, idle_timeout=60)
+        channel, client = proxy.client()
+        proxy.reactor.advance(2.5)
+        channel.dataReceived(GET)
+        proxy.accept_upstream()
+        proxy.reactor.advance(2.9)
+        self.assertEqual(client.value(), b"")
+        proxy.reactor.advance(0.1)
+        self.assertEqual(parse_response(client.value())[0], 504)
