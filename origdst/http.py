@@ -28,7 +28,7 @@ from origdst.headers import (
 )
 from origdst.logs import debug_enabled, logger
 from origdst.pool import OVERFLOW
-from origdst.sockopt import host_key, plain_ip
+from origdst.sockopt import host_key, plain_ip, socket_ip
 
 log = logger("origdst.http")
 
@@ -190,7 +190,7 @@ class ProxyChannel(Protocol):
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         peer = self.transport.getPeer()
-        self.peer = (plain_ip(peer.host), peer.port)
+        self.peer = (socket_ip(peer.host), peer.port)
         self.destination, self.refusal = self.resolve(self)
         self.idle_since = self.reactor.seconds()
         if self.timer_period:

@@ -14,7 +14,7 @@ from twisted.internet.protocol import ServerFactory
 from origdst.http import NO_HEALTHY_UPSTREAM, ProxyChannel, Refusal
 from origdst.logs import debug_enabled, logger
 from origdst.policy import Policy
-from origdst.sockopt import NoOriginalDestination, host_key, original_destination, plain_ip
+from origdst.sockopt import NoOriginalDestination, host_key, original_destination, socket_ip
 
 log = logger("origdst.listener")
 
@@ -86,9 +86,9 @@ class ListenerFactory(ServerFactory):
                 error=e,
             )
             return None, NOT_REDIRECTED
-        ip = plain_ip(ip)
+        ip = socket_ip(ip)
         local = transport.getHost()
-        if (ip, port) == (plain_ip(local.host), local.port):
+        if (ip, port) == (socket_ip(local.host), local.port):
             log.warn(
                 "{tag} redirect loop: the connection from {peer} was addressed to "
                 "origdst's own listening address {local}; only redirected traffic "

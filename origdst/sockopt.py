@@ -68,8 +68,7 @@ def _is_ipv4(local_ip):
     A dual-stack IPv6 socket carries IPv4 connections as IPv4-mapped addresses;
     netfilter tracked those as IPv4, so they need the IPv4 option.
     """
-    address = ipaddress.ip_address(local_ip.split("%", 1)[0])
-    return address.version == 4 or address.ipv4_mapped is not None
+    return ":" not in local_ip or ":" not in socket_ip(local_ip)
 
 
 def original_destination(sock):
@@ -102,6 +101,27 @@ def plain_ip(ip):
     if address.version == 6 and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
+
+
+_socket_ips = {}
+
+
+def socket_ip(ip):
+    """
+    L{plain_ip} for an address the kernel gave (a socket's peer or local
+    address): the common cases without the cost of L{ipaddress}, the rest
+    remembered, since one is looked up for every connection.
+    """
+    if ":" not in ip:
+        return ip
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    plain = _socket_ips.get(ip)
+    if plain is None:
+        if len(_socket_ips) > 4096:
+            _socket_ips.clear()
+        plain = _socket_ips[ip] = plain_ip(ip)
+    return plain
 
 
 def host_key(ip, port):
