@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from origdst import accesslog, framing
-from origdst.flow import Pauser, connect_flow, disconnect_flow
+from origdst.flow import BULK_BODY, Pauser, connect_flow, disconnect_flow, read_size
 from origdst.headers import (
     LOOP_HEADER,
     informational_head,
@@ -213,6 +213,7 @@ class ProxyChannel(Protocol):
             if not reader.done:
                 return
             self.reader = None
+            read_size(self.transport, False)
             self.exchange.request_received(reader.trailers)
             if not data or self.closing:
                 return
@@ -346,6 +347,8 @@ class ProxyChannel(Protocol):
         else:
             self.reader = reader
             self.pauser.pause(CONNECTING)
+            if kind == framing.CHUNKED or length > BULK_BODY:
+                read_size(self.transport, True)
         pool.request(exchange)
         if self.exchange is exchange and self.reader is not None and self.buf:
             data, self.buf = self.buf, b""

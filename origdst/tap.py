@@ -10,7 +10,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import accesslog, admin, config
+from origdst import eventloop, accesslog, admin, config
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -200,6 +200,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     settings = options.settings
     set_level(settings.log_level)
+    eventloop.tune(reactor)
     observer = None
     if settings.log_format == "json":
         out = twistd_log_file(getattr(options, "parent", None))

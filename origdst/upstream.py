@@ -11,7 +11,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
 from origdst import framing
-from origdst.flow import Pauser
+from origdst.flow import BULK_BODY, Pauser, read_size
 from origdst.headers import wants_close
 
 # A response head larger than this is an upstream error, not a head.
@@ -46,6 +46,7 @@ class UpstreamProtocol(Protocol):
         self._buf = b""
         self._reader = None
         self._got_bytes = False
+        self._bulk = False
         self._method = b"GET"
 
     def connectionMade(self):
@@ -165,6 +166,9 @@ class UpstreamProtocol(Protocol):
             if status == 101 or wants_close(version, index) or kind == framing.CLOSE:
                 self.reusable = False
             self._reader = framing.BodyReader(kind, length, self._on_body)
+            self._bulk = kind != framing.NONE and (kind != framing.LENGTH or length > BULK_BODY)
+            if self._bulk:
+                read_size(self.transport, True)
             self.exchange.response_head(status, reason, fields, index, kind, length)
             if self.tunnel is not None:
                 if buf:
@@ -191,6 +195,9 @@ class UpstreamProtocol(Protocol):
         self._reader = None
         self.exchange = None
         self.reused = True
+        if self._bulk:
+            self._bulk = False
+            read_size(self.transport, False)
         if rest:
             # Bytes after a complete response belong to no request.
             self.reusable = False

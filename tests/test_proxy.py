@@ -862,3 +862,25 @@ class RetryPolicyTests(unittest.TestCase):
         A request with a body is never sent twice, whatever its method.
         """
         self.assertFalse(self.retried(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx"))
+
+
+class ReadSizeTests(unittest.TestCase):
+    def test_large_response_read_in_large_pieces(self):
+        """
+        While a large response body streams, its upstream connection is read
+        in large pieces; small messages keep Twisted's usual size.
+        """
+        from origdst.flow import BULK_READ, SMALL_READ
+
+        proxy = ProxyHarness(self)
+        channel, client = proxy.client()
+        channel.dataReceived(GET)
+        upstream = proxy.accept_upstream()
+        upstream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\nx")
+        self.assertEqual(upstream.bufferSize, BULK_READ)
+        upstream.protocol.dataReceived(b"x" * 9999999)
+        self.assertEqual(upstream.bufferSize, SMALL_READ)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
+        self.assertEqual(client.bufferSize, BULK_READ)
+        channel.dataReceived(b"y" * 1000000)
+        self.assertEqual(client.bufferSize, SMALL_READ)
