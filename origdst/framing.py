@@ -70,12 +70,14 @@ def parse_fields(lines):
     return fields
 
 
-# A whole block of valid field lines, and one field with its value stripped of
-# surrounding whitespace: two passes in C instead of a loop in Python.
-_VALID_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\Z")
+# One valid field line, from the start of a line, with its value stripped of
+# surrounding whitespace. A match cannot leave its line (values hold no CR or
+# LF), so a block whose every line matches has exactly one match per LF: one
+# pass in C instead of a loop in Python.
 _FIELD = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*\r\n"
+    rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
+    rb"((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*\r\n",
+    re.M,
 )
 
 
@@ -91,8 +93,9 @@ def parse_block(head, start):
     if start >= len(head):
         return []
     block = head[start:] + b"\r\n"
-    if _VALID_BLOCK.match(block):
-        return _FIELD.findall(block)
+    fields = _FIELD.findall(block)
+    if len(fields) == block.count(b"\n"):
+        return fields
     return parse_fields(head[start:].split(b"\r\n"))
 
 
@@ -199,6 +202,10 @@ def content_length(values, status=400):
     @return: the length they agree on.
     @raise BadMessage: for a non-number or disagreeing values.
     """
+    if len(values) == 1:
+        value = values[0]
+        if value.isdigit() and len(value) <= 18:
+            return int(value)
     lengths = set()
     for value in values:
         for item in value.split(b","):
