@@ -60,6 +60,9 @@ class Settings:
     # The admin interface shows where the host connects and changes the log
     # level: a non-loopback --admin needs this explicit consent.
     admin_allow_remote: bool = False
+    # Proxy processes sharing the port (SO_REUSEPORT): one CPython process
+    # uses one core.
+    workers: int = 1
     # Downstream connection idle timeout (Envoy's idle_timeout, 1 h): a client
     # connection with no request in progress is closed after this long.
     idle_timeout: float = 3600.0
@@ -319,6 +322,7 @@ PARSERS = {
     "allow-source": _networks("allow-source"),
     "use-original-dst-header": _boolean("use-original-dst-header"),
     "admin-allow-remote": _boolean("admin-allow-remote"),
+    "workers": _positive_int("workers"),
     "idle-timeout": _seconds("idle-timeout", allow_zero=True),
     "request-headers-timeout": _seconds("request-headers-timeout", allow_zero=True),
     "stream-idle-timeout": _seconds("stream-idle-timeout", allow_zero=True),

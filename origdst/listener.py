@@ -31,18 +31,25 @@ class ListenerFactory(ServerFactory):
     noisy = False
 
     def __init__(
-        self, cluster, settings, reactor, original_destination=original_destination, access_log=None
+        self,
+        cluster,
+        settings,
+        reactor,
+        original_destination=original_destination,
+        access_log=None,
+        marker=None,
     ):
         """
         @param original_destination: reads C{(ip, port)} from an accepted
             socket; replaceable so tests can run without iptables.
         @param access_log: the L{origdst.accesslog.AccessLog}, or C{None}.
+        @param marker: the loop marker shared by all workers, if any.
         """
         self.cluster = cluster
         self.settings = settings
         self.reactor = reactor
         self.original_destination = original_destination
-        self.policy = Policy(settings)
+        self.policy = Policy(settings, marker)
         self.access_log = access_log
         self._ids = itertools.count(1)
 

@@ -25,13 +25,17 @@ class Policy:
 
     LOOP_HEADER = b"x-origdst-loop"
 
-    def __init__(self, settings):
+    def __init__(self, settings, marker=None):
+        """
+        @param marker: the loop marker to use; a new random one by default
+            (workers of one proxy share one).
+        """
         self.allow = [(text, *parse_rule(text)) for text in settings.allow]
         self.deny = [(text, *parse_rule(text)) for text in settings.deny]
         self.allow_host = settings.allow_host
         self.deny_host = settings.deny_host
         self.sources = [ipaddress.ip_network(n, strict=False) for n in settings.allow_source]
-        self.marker = os.urandom(8).hex().encode("ascii")
+        self.marker = marker or os.urandom(8).hex().encode("ascii")
         self._verdicts = {}
 
     def source_allowed(self, ip):

@@ -5,12 +5,14 @@ Wiring only: settings come from L{origdst.config}, behaviour from the modules
 down the data path.
 """
 
+import os
+
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import eventloop, accesslog, admin, config
+from origdst import accesslog, admin, config, eventloop, workers
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -46,6 +48,8 @@ _HELP = {
     "use-original-dst-header": "Let <header-prefix>-original-dst-host: ip:port "
     "choose the destination (still subject to the egress policy).",
     "admin-allow-remote": "Allow an --admin endpoint that is not on loopback.",
+    "workers": "Proxy processes sharing --port (a tcp: or tcp6: endpoint); the "
+    "admin interface shows the first one's figures.",
     "idle-timeout": "Seconds a client connection may sit with no request; 0 = none.",
     "request-headers-timeout": "Seconds to receive a whole request head once it "
     "began (408 after); 0 = none.",
@@ -72,8 +76,14 @@ class Options(usage.Options):
 
     def __init__(self):
         usage.Options.__init__(self)
+        self.argv = []
         for option in config.LISTS:
             self[option] = None
+
+    def parseOptions(self, options=None):
+        # Kept as given, so that --workers can start copies of this process.
+        self.argv = list(options or [])
+        usage.Options.parseOptions(self, options)
 
     def postOptions(self):
         values = {}
@@ -104,6 +114,14 @@ class Options(usage.Options):
                 config.check_admin(settings)
             except config.ConfigError as e:
                 raise config.ConfigError(f"--{e}")
+            if settings.workers > 1:
+                try:
+                    workers.parse_tcp(settings.port)
+                except workers.UnsupportedEndpoint:
+                    raise config.ConfigError(
+                        f"--workers: {settings.workers} workers need a tcp: or tcp6: "
+                        f"--port (with at most interface= and backlog=), not {settings.port!r}"
+                    )
         except config.ConfigError as e:
             raise usage.UsageError(str(e))
         self.settings = settings
@@ -130,17 +148,27 @@ class ListenerService(Service):
 
     name = "origdst"
 
-    def __init__(self, description, factory, reactor):
+    def __init__(self, description, factory, reactor, shared=False):
+        """
+        @param shared: bind with C{SO_REUSEPORT}, so that workers share the port.
+        """
         self.description = description
         self.factory = factory
         self.reactor = reactor
+        self.shared = shared
         self.port = None
 
     def privilegedStartService(self):
         Service.privilegedStartService(self)
         outcome = []
-        endpoint = serverFromString(self.reactor, self.description)
-        endpoint.listen(self.factory).addBoth(outcome.append)
+        if self.shared:
+            try:
+                outcome.append(workers.listen_shared(self.reactor, self.description, self.factory))
+            except OSError as e:
+                raise SystemExit(f"{self.name}: cannot listen on {self.description}: {e.strerror}")
+        else:
+            endpoint = serverFromString(self.reactor, self.description)
+            endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome or not hasattr(outcome[0], "getHost"):
             reason = outcome[0].getErrorMessage() if outcome else "no answer"
             raise SystemExit(f"{self.name}: cannot listen on {self.description}: {reason}")
@@ -211,9 +239,14 @@ def makeService(options, reactor=None):
     access_log = accesslog.from_settings(settings)
     if access_log is not None:
         accesslog.AccessLogService(access_log, reactor).setServiceParent(top)
-    factory = ListenerFactory(cluster, settings, reactor, access_log=access_log)
-    listener = ListenerService(settings.port, factory, reactor)
-    if settings.admin != "none":
+    worker = os.environ.get(workers.WORKER)
+    marker = os.environ.get(workers.MARKER, "").encode("ascii") if worker else None
+    factory = ListenerFactory(cluster, settings, reactor, access_log=access_log, marker=marker)
+    listener = ListenerService(settings.port, factory, reactor, shared=settings.workers > 1)
+    if settings.workers > 1 and not worker:
+        argv = workers.worker_argv(getattr(options, "parent", None), options.argv)
+        workers.WorkerPool(reactor, settings.workers, argv, factory.policy.marker).setServiceParent(top)
+    if settings.admin != "none" and not worker:
         state = admin.Admin(
             settings,
             cluster,

@@ -1,0 +1,177 @@
+"""
+Several proxy processes on one port (C{--workers N}).
+
+One CPython process uses one core. With N workers, the twistd process starts
+N-1 more copies of itself; each binds its own socket to the proxy's port with
+C{SO_REUSEPORT}, and the kernel spreads new connections across them. They
+share nothing but the loop marker, so a redirect loop through any of them is
+still recognised.
+"""
+
+import os
+import signal
+import socket
+import sys
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
+
+from origdst.logs import logger
+
+log = logger("origdst.workers")
+
+# Set in a worker's environment: its number (1..N-1), and the loop marker.
+WORKER = "ORIGDST_WORKER"
+MARKER = "ORIGDST_LOOP_MARKER"
+
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+
+class UnsupportedEndpoint(ValueError):
+    """
+    C{--workers} needs a plain C{tcp:} or C{tcp6:} endpoint description.
+    """
+
+
+def parse_tcp(description):
+    """
+    @return: C{(family, interface, port)} of a C{tcp:} / C{tcp6:} endpoint
+        description.
+    @raise UnsupportedEndpoint: for any other kind, or other parameters.
+    """
+    parts, part, escaped = [], "", False
+    for c in description:
+        if escaped:
+            part, escaped = part + c, False
+        elif c == "\\":
+            escaped = True
+        elif c == ":":
+            parts.append(part)
+            part = ""
+        else:
+            part += c
+    parts.append(part)
+    kind, args = parts[0].lower(), parts[1:]
+    if kind not in ("tcp", "tcp6") or not args or not args[0].isdigit():
+        raise UnsupportedEndpoint(description)
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    interface = "::" if kind == "tcp6" else "0.0.0.0"
+    for arg in args[1:]:
+        name, _, value = arg.partition("=")
+        if name == "interface":
+            interface = value
+        elif name != "backlog":
+            raise UnsupportedEndpoint(description)
+    return family, interface, int(args[0])
+
+
+def listen_shared(reactor, description, factory, backlog=1024):
+    """
+    Listen on a socket of our own with C{SO_REUSEPORT}, so that every worker
+    can bind the same port.
+
+    @return: the listening port.
+    """
+    family, interface, port = parse_tcp(description)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+    finally:
+        sock.close()
+
+
+def worker_argv(twistd_options, worker_options):
+    """
+    The command line of a worker: the same origdst options, in the
+    foreground, without a pid file, logging where the parent logs.
+
+    @param twistd_options: the parent's twistd options (may be C{None}).
+    @param worker_options: the origdst options as given on the command line.
+    """
+    logfile = (twistd_options or {}).get("logfile") or "-"
+    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=" + logfile, "origdst"] + list(
+        worker_options
+    )
+
+
+class Worker(ProcessProtocol):
+    def __init__(self, pool, number):
+        self.pool = pool
+        self.number = number
+
+    def processEnded(self, reason):
+        self.pool.ended(self, reason)
+
+
+class WorkerPool(Service):
+    """
+    Starts the other workers, restarts one that dies, stops them all with
+    the proxy.
+    """
+
+    RESTART_DELAY = 1.0
+
+    def __init__(self, reactor, count, argv, marker):
+        self.reactor = reactor
+        self.count = count
+        self.argv = argv
+        self.marker = marker
+        self.processes = {}
+
+    def startService(self):
+        Service.startService(self)
+        for number in range(1, self.count):
+            self.spawn(number)
+
+    def spawn(self, number):
+        if not self.running:
+            return
+        env = dict(os.environ)
+        env[WORKER] = str(number)
+        env[MARKER] = self.marker.decode("ascii")
+        protocol = Worker(self, number)
+        self.processes[number] = self.reactor.spawnProcess(
+            protocol, self.argv[0], self.argv, env=env, childFDs={0: "w", 1: 1, 2: 2}
+        )
+        log.info("Started worker {number}.", number=number)
+
+    def ended(self, worker, reason):
+        self.processes.pop(worker.number, None)
+        self._check_stopped()
+        if self.running:
+            log.warn(
+                "Worker {number} ended ({reason}); restarting it.",
+                number=worker.number,
+                reason=reason.getErrorMessage(),
+            )
+            self.reactor.callLater(self.RESTART_DELAY, self.spawn, worker.number)
+
+    def stopService(self):
+        """
+        Stop the workers and wait (at most 10 s) for them to end.
+        """
+        Service.stopService(self)
+        for process in list(self.processes.values()):
+            try:
+                process.signalProcess(signal.SIGTERM)
+            except Exception:
+                pass
+        if not self.processes:
+            return None
+        done = defer.Deferred()
+        self._stopped = done
+        self.reactor.callLater(10, lambda: done.called or done.callback(None))
+        return done
+
+    def _check_stopped(self):
+        done = getattr(self, "_stopped", None)
+        if done is not None and not self.processes and not done.called:
+            done.callback(None)

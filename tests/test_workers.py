@@ -1,0 +1,138 @@
+"""
+Tests for C{--workers}: several proxy processes sharing the port.
+"""
+
+import os
+import signal
+import socket
+import time
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from origdst import workers
+from origdst.tap import Options
+from tests import netns
+
+
+class ParseTests(unittest.TestCase):
+    def test_tcp(self):
+        """
+        tcp: and tcp6: descriptions give family, interface and port.
+        """
+        self.assertEqual(workers.parse_tcp("tcp:4999"), (socket.AF_INET, "0.0.0.0", 4999))
+        self.assertEqual(
+            workers.parse_tcp("tcp:4999:interface=127.0.0.1"), (socket.AF_INET, "127.0.0.1", 4999)
+        )
+        self.assertEqual(
+            workers.parse_tcp("tcp6:4999:interface=\\:\\:1:backlog=50"), (socket.AF_INET6, "::1", 4999)
+        )
+        self.assertEqual(workers.parse_tcp("tcp6:4999"), (socket.AF_INET6, "::", 4999))
+
+    def test_others_refused(self):
+        """
+        Other endpoints cannot be shared by SO_REUSEPORT here.
+        """
+        for description in ("unix:/tmp/x", "systemd:domain=INET:index=0", "tcp:x", "ssl:443"):
+            self.assertRaises(workers.UnsupportedEndpoint, workers.parse_tcp, description)
+
+    def test_option(self):
+        """
+        --workers with an unsuitable --port is a usage error naming both.
+        """
+        options = Options()
+        options.parseOptions(["--workers", "2", "--port", "tcp6:5000"])
+        self.assertEqual(options.settings.workers, 2)
+        self.assertEqual(options.argv, ["--workers", "2", "--port", "tcp6:5000"])
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["--workers", "2", "--port", "unix:/tmp/s"])
+        self.assertIn("--workers", str(e))
+        self.assertIn("unix:/tmp/s", str(e))
+
+    def test_worker_argv(self):
+        """
+        A worker runs the same origdst options in the foreground, without a
+        pid file, logging where its parent logs.
+        """
+        argv = workers.worker_argv({"logfile": "/var/log/od.log"}, ["--workers", "2"])
+        self.assertEqual(argv[3:], ["-n", "--pidfile=", "--logfile=/var/log/od.log", "origdst", "--workers", "2"])
+        self.assertIn("--logfile=-", workers.worker_argv(None, []))
+
+    def test_listen_shared(self):
+        """
+        Two shared listeners bind the same port.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ServerFactory
+
+        first = workers.listen_shared(reactor, "tcp:0:interface=127.0.0.1", ServerFactory())
+        self.addCleanup(first.stopListening)
+        port = first.getHost().port
+        second = workers.listen_shared(reactor, "tcp:%d:interface=127.0.0.1" % port, ServerFactory())
+        self.addCleanup(second.stopListening)
+        self.assertEqual(second.getHost().port, port)
+
+
+PROXY_PORT = 15005
+
+
+class WorkersEndToEndTests(netns.TopologyTestCase):
+    tag = "w"
+
+    @classmethod
+    def build(cls, topology):
+        topology.add_redirect(netns.SERVER_V4, [80], PROXY_PORT)
+        topology.add_redirect(netns.UNASSIGNED_V4, [80], PROXY_PORT, owner_match=False)
+        topology.start_backend(80)
+        topology.start_proxy(
+            ["--port", "tcp:%d" % PROXY_PORT, "--workers", "2", "--log-level", "debug", "--admin", "none"],
+            PROXY_PORT,
+        )
+
+    def test_1_both_serve(self):
+        """
+        Connections are spread over both processes, and all are answered.
+        """
+        netns.wait_for(
+            lambda: self.topology.proxy_log().count("origdst listening on") >= 2, 20, what="both workers"
+        )
+        spec = {"connections": [
+            {"host": netns.SERVER_V4, "port": 80, "requests": [{"path": "/echo"}]} for _ in range(24)
+        ]}
+        result = self.topology.run_client(spec)
+        self.assertEqual([c["responses"][0]["status"] for c in result["connections"]], [200] * 24)
+        # Each process numbers its own connections from 1.
+        self.assertGreaterEqual(self.topology.proxy_log().count("[C1] new connection"), 2)
+
+    def test_2_loop_caught_across_workers(self):
+        """
+        A redirect loop is refused whichever worker the looped connection
+        reaches: they share the loop marker.
+        """
+        got = self.topology.run_client({
+            "host": netns.UNASSIGNED_V4, "port": 80, "raw": "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "read_timeout": 10})
+        self.assertEqual(got["status"], 508, got)
+        self.assertLessEqual(self.topology.proxy_log().count("redirect loop"), 10)
+
+    def test_3_workers_stop_with_parent(self):
+        """
+        Stopping the main process stops its workers.
+        """
+        parent = self.topology.proxy.popen.pid
+        os.kill(parent, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            pids = self.topology.exec(self.topology.client, ["pgrep", "-f", "origdst --port tcp:%d" % PROXY_PORT], check=False).stdout.split()
+            if not pids:
+                break
+            time.sleep(0.2)
+        self.assertEqual(pids, [])
+
+
+def testSuite():
+    from twisted.trial import runner
+
+    tests = runner.TestSuite([
+        ParseTests(name) for name in sorted(n for n in dir(ParseTests) if n.startswith("test_"))
+    ])
+    tests.addTest(netns.suite(WorkersEndToEndTests))
+    return tests
