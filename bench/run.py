@@ -272,7 +272,10 @@ class Proxy:
             self.profile_path = os.path.join(bench.work, "cpuprofile-%s.raw" % self.name)
             argv = [a.replace("{profile_path}", self.profile_path) for a in argv]
         self.proc = bench.spawn("%s-%d" % (self.name, self.starts), argv, self.port,
-                                env=self.env, ns=bench.topo.client)
+                                env=self.env, ns=bench.topo.client,
+                                # Envoy's listener does not bind over TIME-WAIT
+                                # sockets on its port; origdst's does.
+                                wait_time_wait=self.expect_server == "envoy")
         bench.redirect_to(self.port)
         return self
 
@@ -444,7 +447,8 @@ class Bench:
         netns.wait_for(lambda: self.topo.listening(self.topo.server, REDIRECTED_PORT), 10,
                        what="nginx on port %d" % REDIRECTED_PORT)
 
-    def spawn(self, name, argv, port, ns, env=None, timeout=30):
+    def spawn(self, name, argv, port, ns, env=None, timeout=30, wait_time_wait=False):
+        self.free_port(ns, port, wait_time_wait)
         log_path = os.path.join(self.work, name + ".log")
         proc = netns.ManagedProcess(name, ["ip", "netns", "exec", ns] + list(argv), log_path,
                                     env=env)
@@ -463,6 +467,27 @@ class Bench:
             _procs.remove(proc)
             raise BenchError("%s\n%s" % (e, _tail(log_path)))
         return proc
+
+    def free_port(self, ns, port, wait_time_wait, timeout=65):
+        """
+        Wait (bounded) until no socket of a previous phase still uses C{port}
+        in C{ns}: a TIME-WAIT socket on the port was seen to make Envoy's bind
+        fail (TIME-WAIT lasts 60 s), so for Envoy those are waited for too.
+        Whatever is left after C{timeout} is destroyed with C{ss -K} (our
+        namespace only).
+        """
+        def busy():
+            out = self.topo.exec(ns, ["ss", "-Htan", "sport = :%d" % port], check=False).stdout
+            return [line for line in out.splitlines() if line.strip()
+                    and (wait_time_wait or not line.startswith("TIME-WAIT"))]
+
+        deadline = time.monotonic() + timeout
+        while busy() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = busy()
+        if left:
+            log("port %d still used by %d sockets, e.g. %s; destroying them" % (port, len(left), left[0]))
+            self.topo.exec(ns, ["ss", "-K", "sport = :%d" % port], check=False)
 
     def redirect_to(self, port):
         """
