@@ -614,7 +614,6 @@ class Exchange:
         "replayable",
         "retried",
         "sent_at",
-        "timer",
         "upgrade",
         "deadline",
         "active_at",

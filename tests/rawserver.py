@@ -32,6 +32,11 @@ class Handler(socketserver.BaseRequestHandler):
 
 
 class Server(socketserver.ThreadingTCPServer):
+    """
+    A threading TCP server on a dual-stack IPv6 socket (also used by
+    streamserver.py).
+    """
+
     address_family = socket.AF_INET6
     allow_reuse_address = True
     daemon_threads = True

@@ -17,11 +17,12 @@ import argparse
 import base64
 import hashlib
 import json
-import socket
 import socketserver
 import struct
 import sys
 import time
+
+from rawserver import Server  # the dual-stack threading server, beside this file
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 UNIT = bytes(i % 251 for i in range(251 * 261))  # 65511 bytes, a whole number of cycles
@@ -136,16 +137,6 @@ class Handler(socketserver.BaseRequestHandler):
             got += len(piece)
         body = json.dumps({"length": got, "sha256": digest.hexdigest()}).encode()
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-
-class Server(socketserver.ThreadingTCPServer):
-    address_family = socket.AF_INET6
-    allow_reuse_address = True
-    daemon_threads = True
-
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        socketserver.ThreadingTCPServer.server_bind(self)
 
 
 def main(argv):
