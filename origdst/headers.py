@@ -39,9 +39,15 @@ def connection_options(index):
     options = index.get(_OPTIONS)
     if options is None:
         values = index.get(b"connection")
-        options = index[_OPTIONS] = frozenset(
-            token.strip(b" \t").lower() for value in values for token in value.split(b",")
-        ) if values else _NONE
+        if not values:
+            options = _NONE
+        elif len(values) == 1 and b"," not in values[0]:
+            options = frozenset((values[0].strip(b" \t").lower(),))
+        else:
+            options = frozenset(
+                [token.strip(b" \t").lower() for value in values for token in value.split(b",")]
+            )
+        index[_OPTIONS] = options
     return options
 
 

@@ -307,13 +307,18 @@ class ProxyChannel(Protocol):
             frame = b""
         if upgrade:
             frame += b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n"
-        host = (f"[{ip}]" if ":" in ip else ip) + ("" if port == 80 else f":{port}")
+        if b"host" in index:
+            host = b""
+        else:
+            host = (
+                (f"[{ip}]" if ":" in ip else ip) + ("" if port == 80 else f":{port}")
+            ).encode("ascii")
         upstream_head = request_head(
             method,
             target,
             fields,
             index,
-            host.encode("ascii"),
+            host,
             self.prefix,
             int(timeout * 1000),
             frame,
