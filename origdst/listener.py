@@ -72,12 +72,11 @@ class ListenerFactory(ServerFactory):
             none, as L{ProxyChannel} expects from its C{resolve} argument.
         """
         transport = channel.transport
-        peer = host_key(*channel.peer)
         if not self.policy.source_allowed(channel.peer[0]):
             log.info(
                 "{tag} connection from {peer} refused: not in --allow-source.",
                 tag=channel.tag,
-                peer=peer,
+                peer=host_key(*channel.peer),
             )
             return None, SOURCE_DENIED
         try:
@@ -89,11 +88,10 @@ class ListenerFactory(ServerFactory):
                 "it was not redirected; is the iptables REDIRECT rule in place? "
                 "Answering 503.",
                 tag=channel.tag,
-                peer=peer,
+                peer=host_key(*channel.peer),
                 error=e,
             )
             return None, NOT_REDIRECTED
-        ip = socket_ip(ip)
         local = transport.getHost()
         if (ip, port) == (socket_ip(local.host), local.port):
             log.warn(
@@ -101,7 +99,7 @@ class ListenerFactory(ServerFactory):
                 "origdst's own listening address {local}; only redirected traffic "
                 "can be proxied. Answering 508.",
                 tag=channel.tag,
-                peer=peer,
+                peer=host_key(*channel.peer),
                 local=host_key(ip, port),
             )
             return None, LOOP
@@ -109,7 +107,7 @@ class ListenerFactory(ServerFactory):
             log.debug(
                 "{tag} new connection from {peer} to original destination {dest}.",
                 tag=channel.tag,
-                peer=peer,
+                peer=host_key(*channel.peer),
                 dest=host_key(ip, port),
             )
         return (ip, port), None
