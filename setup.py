@@ -21,7 +21,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
-    packages=["origdst", "twisted.plugins"],
+    packages=["origdst", "testbed", "twisted.plugins"],
     # The admin endpoint's live page.
     package_data={"origdst": ["page.html"]},
     install_requires=[

@@ -1,6 +1,6 @@
 """
 The client of the flow-control and tunnel tests, standard library only; run
-as the unprivileged user by L{tests.netns.Topology.run_script}.
+as the unprivileged user by L{testbed.Topology.start_script}.
 
 C{python streamclient.py MODE HOST PORT [ARG]} prints one JSON object:
   - C{websocket}: handshake, one echoed text frame, then a half-close

@@ -26,7 +26,7 @@ import origdst
 from origdst import admin, logs, stats
 from origdst.tap import AdminService, Options, makeService
 
-from tests import netns
+import testbed
 from tests.test_cluster import capture_log
 from tests.test_proxy import DEST, GET, OK, ProxyHarness
 
@@ -452,8 +452,8 @@ class TwistdLogTests(unittest.TestCase):
     def run_twistd(self, *args):
         path = os.path.abspath(self.mktemp())
         env = dict(os.environ)
-        env["PYTHONPATH"] = netns.REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = [sys.executable, "-c", netns.TWISTD, "-n", "--pidfile=", "--logfile", path, "origdst",
+        env["PYTHONPATH"] = testbed.REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        argv = [sys.executable, "-c", testbed.TWISTD, "-n", "--pidfile=", "--logfile", path, "origdst",
                 "--port", "tcp:0:interface=127.0.0.1", "--admin", "tcp:0:interface=127.0.0.1"] + list(args)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -14,7 +14,8 @@ import sys
 
 from twisted.trial import unittest
 
-from tests import browser, netns
+import testbed
+from tests import browser
 
 PROXY_PORT = 15002
 ADMIN_PORT = 19901
@@ -46,7 +47,7 @@ print(json.dumps({"status": response.status, "body": response.read().decode("utf
 """
 
 
-class AdminEndToEndTests(netns.TopologyTestCase):
+class AdminEndToEndTests(testbed.TopologyTestCase):
     """
     The admin endpoint of a proxy carrying real redirected traffic.
     """
@@ -56,21 +57,21 @@ class AdminEndToEndTests(netns.TopologyTestCase):
     @classmethod
     def build(cls, topology):
         try:
-            topology.add_redirect(netns.SERVER_V4, [BACKEND_PORT, CLOSED_PORT, PAGE_PORT], PROXY_PORT)
+            topology.add_redirect(testbed.SERVER_V4, [BACKEND_PORT, CLOSED_PORT, PAGE_PORT], PROXY_PORT)
             # No owner match: the proxy's own connection there comes back to it, a loop.
-            topology.add_redirect(netns.UNASSIGNED_V4, BACKEND_PORT, PROXY_PORT, owner_match=False)
-        except netns.TopologyError as e:
+            topology.add_redirect(testbed.UNASSIGNED_V4, BACKEND_PORT, PROXY_PORT, owner_match=False)
+        except testbed.TopologyError as e:
             raise unittest.SkipTest("cannot add the iptables REDIRECT rules: %s" % (e,))
         topology.start_backend(BACKEND_PORT)
         topology.start_server(
             "backend-page",
-            [topology.python, os.path.join(os.path.dirname(__file__), "backend.py"),
+            [topology.python, testbed.BACKEND_SCRIPT,
              "--port", str(PAGE_PORT)],
             PAGE_PORT,
         )
         topology.start_proxy(PROXY_ARGS, PROXY_PORT)
-        netns.wait_for(lambda: topology.listening(topology.client, ADMIN_PORT), 10,
-                       what="the admin endpoint")
+        testbed.wait_for(lambda: topology.listening(topology.client, ADMIN_PORT), 10,
+                         what="the admin endpoint")
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class AdminEndToEndTests(netns.TopologyTestCase):
 
     # -- tests -----------------------------------------------------------------------
 
-    def test_1_countersMatchTraffic(self):
+    def test_1_counters_match_traffic(self):
         """
         Eight requests to 10.250.0.3:80 on two keep-alive connections (seven 200, one 404),
         one to a closed port (503) and one into a redirect loop (508): the downstream,
@@ -118,18 +119,18 @@ class AdminEndToEndTests(netns.TopologyTestCase):
         """
         self.assertEqual(self.admin("/ready"), (200, "LIVE\n"))
         result = self.client({"connections": [
-            {"host": netns.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/peer"}] * 5},
-            {"host": netns.SERVER_V4, "port": BACKEND_PORT,
+            {"host": testbed.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/peer"}] * 5},
+            {"host": testbed.SERVER_V4, "port": BACKEND_PORT,
              "requests": [{"path": "/peer"}, {"path": "/peer"}, {"path": "/nothing"}]},
         ]})
         statuses = [r["status"] for c in result["connections"] for r in c["responses"]]
         self.assertEqual(statuses, [200] * 7 + [404], result)
         received = sum(r["body_len"] for c in result["connections"] for r in c["responses"])
-        self.assertEqual(self.one(netns.SERVER_V4, CLOSED_PORT), 503)
-        self.assertEqual(self.one(netns.UNASSIGNED_V4, BACKEND_PORT), 508)
+        self.assertEqual(self.one(testbed.SERVER_V4, CLOSED_PORT), 503)
+        self.assertEqual(self.one(testbed.UNASSIGNED_V4, BACKEND_PORT), 508)
         # Closed client connections are counted out asynchronously.
-        netns.wait_for(lambda: self.stats()["http.origdst.downstream_cx_active"] == 0, 10,
-                       what="no client connection left")
+        testbed.wait_for(lambda: self.stats()["http.origdst.downstream_cx_active"] == 0, 10,
+                         what="no client connection left")
 
         stats = self.stats()
         http = "http.origdst."
@@ -193,7 +194,7 @@ class AdminEndToEndTests(netns.TopologyTestCase):
                          (200, "active loggers:\n  origdst: debug\n"))
         self.assertEqual(self.admin("/logging?level=info", "POST")[0], 200)
 
-    def test_2_pageShowsNewDestination(self):
+    def test_2_page_shows_new_destination(self):
         """
         The live page, in a headless Chromium inside namespace C, lists the destinations; a
         request to a new one makes it appear with its request count, by itself.
@@ -215,10 +216,10 @@ class AdminEndToEndTests(netns.TopologyTestCase):
                       "document.getElementById('updated').textContent !== 'never'", 20,
                       what="the page's first update")
         self.assertEqual(page.evaluate(session, "document.getElementById('state').textContent"), "LIVE")
-        new = "%s:%d" % (netns.SERVER_V4, PAGE_PORT)
+        new = "%s:%d" % (testbed.SERVER_V4, PAGE_PORT)
         self.assertNotIn(new, [row[0] for row in page.evaluate(session, rows)])
 
-        self.assertEqual(self.one(netns.SERVER_V4, PAGE_PORT), 200)
+        self.assertEqual(self.one(testbed.SERVER_V4, PAGE_PORT), 200)
         found = page.wait_for(
             session, "(%s).filter(r => r[0] === %s && r[1] >= 1)" % (rows, json.dumps(new)), 20,
             what="%s on the page" % new)
@@ -237,4 +238,4 @@ def testSuite():
     then the teardown of their namespaces.
     """
     names = sorted(name for name in dir(AdminEndToEndTests) if name.startswith("test_"))
-    return netns.suite(AdminEndToEndTests, names)
+    return testbed.suite(AdminEndToEndTests, names)

@@ -21,13 +21,13 @@ import re
 import signal
 import time
 
-from tests import netns
+import testbed
 from tests.test_accesslog import ENVOY_LINE
 
 PROXY_PORT = 15003
 PROXIED_PORT = 80
 DIRECT_PORT = 8080
-HOST = netns.SERVER_V4
+HOST = testbed.SERVER_V4
 #: The proxy's request timeout, advertised upstream in milliseconds.
 REQUEST_TIMEOUT_MS = "15000"
 
@@ -435,7 +435,7 @@ def _echo_view(response):
     return None
 
 
-class DifferentialTests(netns.TopologyTestCase):
+class DifferentialTests(testbed.TopologyTestCase):
     """
     Every case direct and through the proxy, one fixture for the class.
     """
@@ -448,7 +448,7 @@ class DifferentialTests(netns.TopologyTestCase):
         topology.start_backend(PROXIED_PORT)
         topology.start_server(
             "backend-direct",
-            [topology.python, os.path.join(netns._HERE, "backend.py"), "--port", str(DIRECT_PORT)],
+            [topology.python, testbed.BACKEND_SCRIPT, "--port", str(DIRECT_PORT)],
             DIRECT_PORT,
         )
         cls.access_log = os.path.join(topology.workdir, "access.log")
@@ -566,11 +566,11 @@ class DifferentialTests(netns.TopologyTestCase):
         rotated = self.access_log + ".1"
         os.rename(self.access_log, rotated)
         os.kill(self.topology.proxy.popen.pid, signal.SIGHUP)
-        netns.wait_for(lambda: os.path.exists(self.access_log), 5, what="the reopened access log")
+        testbed.wait_for(lambda: os.path.exists(self.access_log), 5, what="the reopened access log")
         got = self.topology.run_client({"host": HOST, "port": PROXIED_PORT, "raw": get(
             b"/echo?after=rotation").decode("latin-1")})
         self.assertEqual(got["status"], 200, got)
-        netns.wait_for(lambda: os.path.getsize(self.access_log) > 0, 5, what="a line")
+        testbed.wait_for(lambda: os.path.getsize(self.access_log) > 0, 5, what="a line")
         with open(self.access_log, encoding="utf-8") as f:
             [line] = f.readlines()
         self.assertIn('"GET /echo?after=rotation HTTP/1.1" 200 - ', line)
@@ -578,4 +578,4 @@ class DifferentialTests(netns.TopologyTestCase):
 
 
 def testSuite():
-    return netns.suite(DifferentialTests)
+    return testbed.suite(DifferentialTests)

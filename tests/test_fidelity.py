@@ -9,11 +9,13 @@ namespace).
 import os
 import time
 
-from tests import netns
+import testbed
 
 PROXY_PORT = 15004
 BACKEND_PORT = 80
 STREAM_PORT = 84
+#: Run in C as the unprivileged client by L{testbed.Topology.start_script}.
+STREAM_CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "streamclient.py")
 #: Connections from the proxy to this port are dropped: a connect timeout.
 DROPPED_PORT = 85
 
@@ -48,20 +50,20 @@ def rss(pid, field="VmRSS"):
     raise ValueError(field)
 
 
-class FidelityTests(netns.TopologyTestCase):
+class FidelityTests(testbed.TopologyTestCase):
     tag = "f"
 
     @classmethod
     def build(cls, topology):
         topology.add_redirect(
-            netns.SERVER_V4, [BACKEND_PORT, STREAM_PORT, DROPPED_PORT], PROXY_PORT
+            testbed.SERVER_V4, [BACKEND_PORT, STREAM_PORT, DROPPED_PORT], PROXY_PORT
         )
         topology.exec(topology.client, [
-            "iptables", "-w", "5", "-A", "OUTPUT", "-p", "tcp", "-d", netns.SERVER_V4,
+            "iptables", "-w", "5", "-A", "OUTPUT", "-p", "tcp", "-d", testbed.SERVER_V4,
             "--dport", str(DROPPED_PORT), "-j", "DROP"])
         topology.start_backend(BACKEND_PORT)
         topology.start_server("streamserver", [
-            topology.python, os.path.join(netns._HERE, "streamserver.py"),
+            topology.python, os.path.join(os.path.dirname(__file__), "streamserver.py"),
             "--port", str(STREAM_PORT)], STREAM_PORT)
         topology.start_proxy(PROXY_ARGS, PROXY_PORT)
 
@@ -73,10 +75,10 @@ class FidelityTests(netns.TopologyTestCase):
 
     def raw(self, data, port=BACKEND_PORT, read_timeout=10):
         return self.topology.run_client({
-            "host": netns.SERVER_V4, "port": port, "raw": data, "read_timeout": read_timeout})
+            "host": testbed.SERVER_V4, "port": port, "raw": data, "read_timeout": read_timeout})
 
     def script(self, *args, timeout=120):
-        return self.topology.finish_script(self.topology.start_script("streamclient.py", args), timeout)
+        return self.topology.finish_script(self.topology.start_script(STREAM_CLIENT, args), timeout)
 
     # Flow control.
 
@@ -88,7 +90,7 @@ class FidelityTests(netns.TopologyTestCase):
         pid = self.proxy_pid()
         before = rss(pid)
         client = self.topology.start_script(
-            "streamclient.py", ["download", netns.SERVER_V4, STREAM_PORT, FLOW_BYTES, 3])
+            STREAM_CLIENT, ["download", testbed.SERVER_V4, STREAM_PORT, FLOW_BYTES, 3])
         time.sleep(2)
         during = rss(pid)
         result = self.topology.finish_script(client, timeout=300)
@@ -106,7 +108,7 @@ class FidelityTests(netns.TopologyTestCase):
         pid = self.proxy_pid()
         before = rss(pid)
         client = self.topology.start_script(
-            "streamclient.py", ["upload", netns.SERVER_V4, STREAM_PORT, FLOW_BYTES, 3])
+            STREAM_CLIENT, ["upload", testbed.SERVER_V4, STREAM_PORT, FLOW_BYTES, 3])
         time.sleep(2)
         during = rss(pid)
         result = self.topology.finish_script(client, timeout=300)
@@ -122,7 +124,7 @@ class FidelityTests(netns.TopologyTestCase):
         the client's half-close reaches the server, whose last frame still
         reaches the client.
         """
-        result = self.script("websocket", netns.SERVER_V4, STREAM_PORT)
+        result = self.script("websocket", testbed.SERVER_V4, STREAM_PORT)
         self.assertNotIn("error", result, result)
         self.assertTrue(result["head"].startswith("HTTP/1.1 101 "), result)
         self.assertTrue(result["accept_ok"], result)
@@ -135,7 +137,7 @@ class FidelityTests(netns.TopologyTestCase):
         CONNECT to the original destination opens a tunnel once the server
         answers 200, with half-close passed on.
         """
-        result = self.script("connect", netns.SERVER_V4, STREAM_PORT)
+        result = self.script("connect", testbed.SERVER_V4, STREAM_PORT)
         self.assertNotIn("error", result, result)
         self.assertTrue(result["head"].startswith("HTTP/1.1 200 Connection established"), result)
         self.assertEqual((result["echo"], result["after_half_close"]), ("ping", "bye"))
@@ -185,7 +187,7 @@ class FidelityTests(netns.TopologyTestCase):
         A pooled connection idle past the upstream idle timeout is closed by
         the proxy, so the next request gets a new one.
         """
-        spec = {"host": netns.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/peer"}]}
+        spec = {"host": testbed.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/peer"}]}
         first = self.topology.run_client(spec)["responses"][0]["body"]
         time.sleep(2)
         second = self.topology.run_client(spec)["responses"][0]["body"]
@@ -194,4 +196,4 @@ class FidelityTests(netns.TopologyTestCase):
 
 
 def testSuite():
-    return netns.suite(FidelityTests)
+    return testbed.suite(FidelityTests)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from tests import netns
+import testbed
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile.json")
 PROXY_PORT = 15002
@@ -29,10 +29,10 @@ RESPONSES = _corpus["responses"]
 
 
 def raw(data, read_timeout=5):
-    return {"host": netns.SERVER_V4, "port": BACKEND_PORT, "raw": data, "read_timeout": read_timeout}
+    return {"host": testbed.SERVER_V4, "port": BACKEND_PORT, "raw": data, "read_timeout": read_timeout}
 
 
-class HostileInputTests(netns.TopologyTestCase):
+class HostileInputTests(testbed.TopologyTestCase):
     """
     The corpus through a real proxy, one fixture for the whole class.
     """
@@ -41,17 +41,17 @@ class HostileInputTests(netns.TopologyTestCase):
 
     @classmethod
     def build(cls, topology):
-        topology.add_redirect(netns.SERVER_V4, [BACKEND_PORT, RAW_PORT, DENIED_PORT], PROXY_PORT)
+        topology.add_redirect(testbed.SERVER_V4, [BACKEND_PORT, RAW_PORT, DENIED_PORT], PROXY_PORT)
         topology.start_backend(BACKEND_PORT)
         topology.start_server(
             "rawserver",
-            [sys.executable, os.path.join(netns._HERE, "rawserver.py"),
+            [sys.executable, os.path.join(os.path.dirname(__file__), "rawserver.py"),
              "--port", str(RAW_PORT), "--corpus", CORPUS],
             RAW_PORT,
         )
         topology.start_proxy(
             ["--port", "tcp:%d" % PROXY_PORT, "--log-level", "debug",
-             "--deny", "%s:%d" % (netns.SERVER_V4, DENIED_PORT)],
+             "--deny", "%s:%d" % (testbed.SERVER_V4, DENIED_PORT)],
             PROXY_PORT,
         )
 
@@ -111,7 +111,7 @@ class HostileInputTests(netns.TopologyTestCase):
         same = self.topology.run_client(raw(pipelined))
         self.assertEqual(same["raw_response"].count("HTTP/1.1 200 OK"), 2, same)
         fresh = self.topology.run_client(
-            {"host": netns.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/echo?case=fresh"}]}
+            {"host": testbed.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/echo?case=fresh"}]}
         )
         self.assertEqual(fresh["responses"][0]["status"], 200, fresh)
         self.assertTrue(self.topology.proxy.running())
@@ -127,7 +127,7 @@ class HostileInputTests(netns.TopologyTestCase):
         problems = []
         for entry in RESPONSES:
             got = self.topology.run_client({
-                "host": netns.SERVER_V4, "port": RAW_PORT, "read_timeout": 10,
+                "host": testbed.SERVER_V4, "port": RAW_PORT, "read_timeout": 10,
                 "raw": "GET /r/%s HTTP/1.1\r\nHost: 10.250.0.3:82\r\n\r\n" % entry["name"],
             })
             expect = entry["expect"]
@@ -140,7 +140,7 @@ class HostileInputTests(netns.TopologyTestCase):
                 problems.append("%s: connection left open after %s" % (entry["name"], expect))
         self.assertEqual(problems, [], "\n".join(problems) + "\nproxy log:\n" + self.topology.proxy_log()[-3000:])
         ok = self.topology.run_client(
-            {"host": netns.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/echo?case=after-responses"}]}
+            {"host": testbed.SERVER_V4, "port": BACKEND_PORT, "requests": [{"path": "/echo?case=after-responses"}]}
         )
         self.assertEqual(ok["responses"][0]["status"], 200)
 
@@ -151,7 +151,7 @@ class HostileInputTests(netns.TopologyTestCase):
         is never connected to.
         """
         got = self.topology.run_client({
-            "host": netns.SERVER_V4, "port": DENIED_PORT, "read_timeout": 10,
+            "host": testbed.SERVER_V4, "port": DENIED_PORT, "read_timeout": 10,
             "raw": "GET /h/denied HTTP/1.1\r\nHost: 10.250.0.3:81\r\n\r\n",
         })
         self.assertEqual(got["status"], 403, got)
@@ -162,4 +162,4 @@ class HostileInputTests(netns.TopologyTestCase):
 
 
 def testSuite():
-    return netns.suite(HostileInputTests)
+    return testbed.suite(HostileInputTests)

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from origdst import workers
 from origdst.tap import Options
-from tests import netns
+import testbed
 
 
 class ParseTests(unittest.TestCase):
@@ -75,13 +75,13 @@ class ParseTests(unittest.TestCase):
 PROXY_PORT = 15005
 
 
-class WorkersEndToEndTests(netns.TopologyTestCase):
+class WorkersEndToEndTests(testbed.TopologyTestCase):
     tag = "w"
 
     @classmethod
     def build(cls, topology):
-        topology.add_redirect(netns.SERVER_V4, [80], PROXY_PORT)
-        topology.add_redirect(netns.UNASSIGNED_V4, [80], PROXY_PORT, owner_match=False)
+        topology.add_redirect(testbed.SERVER_V4, [80], PROXY_PORT)
+        topology.add_redirect(testbed.UNASSIGNED_V4, [80], PROXY_PORT, owner_match=False)
         topology.start_backend(80)
         topology.start_proxy(
             ["--port", "tcp:%d" % PROXY_PORT, "--workers", "2", "--log-level", "debug", "--admin", "none"],
@@ -92,11 +92,11 @@ class WorkersEndToEndTests(netns.TopologyTestCase):
         """
         Connections are spread over both processes, and all are answered.
         """
-        netns.wait_for(
+        testbed.wait_for(
             lambda: self.topology.proxy_log().count("origdst listening on") >= 2, 20, what="both workers"
         )
         spec = {"connections": [
-            {"host": netns.SERVER_V4, "port": 80, "requests": [{"path": "/echo"}]} for _ in range(24)
+            {"host": testbed.SERVER_V4, "port": 80, "requests": [{"path": "/echo"}]} for _ in range(24)
         ]}
         result = self.topology.run_client(spec)
         self.assertEqual([c["responses"][0]["status"] for c in result["connections"]], [200] * 24)
@@ -109,7 +109,7 @@ class WorkersEndToEndTests(netns.TopologyTestCase):
         reaches: they share the loop marker.
         """
         got = self.topology.run_client({
-            "host": netns.UNASSIGNED_V4, "port": 80, "raw": "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "read_timeout": 10})
+            "host": testbed.UNASSIGNED_V4, "port": 80, "raw": "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "read_timeout": 10})
         self.assertEqual(got["status"], 508, got)
         self.assertLessEqual(self.topology.proxy_log().count("redirect loop"), 10)
 
@@ -134,5 +134,5 @@ def testSuite():
     tests = runner.TestSuite([
         ParseTests(name) for name in sorted(n for n in dir(ParseTests) if n.startswith("test_"))
     ])
-    tests.addTest(netns.suite(WorkersEndToEndTests))
+    tests.addTest(testbed.suite(WorkersEndToEndTests))
     return tests

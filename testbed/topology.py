@@ -1,5 +1,5 @@
 """
-A two-namespace network for end-to-end tests, built like Envoy's original-destination tutorial.
+A two-namespace network, built like Envoy's original-destination tutorial.
 
 Namespace C holds the client and the proxy: an iptables nat OUTPUT REDIRECT rule with an owner
 match sends connections of unprivileged users to the proxy's port, while the proxy's own (root)
@@ -10,13 +10,13 @@ veth pair::
 
 Everything happens inside namespaces this module creates: the root namespace's links and
 iptables rules are never touched (the veth pair is created inside C with its peer moved straight
-into S), and traffic only goes to loopback or to the addresses above.  Namespace names carry the
-creating process's pid (C{od<pid>c}, C{od<pid>s}) so concurrent runs never collide, and a run
-removes leftovers of earlier runs of ours whose process no longer exists.
+into S), and traffic only goes to loopback or to the addresses above.  Names are pid-unique
+(L{testbed.names}).
 
 Cleanup is layered because a half-torn-down fixture leaves processes and namespaces behind:
-L{Topology.stop} (called from test cleanups), an C{atexit} hook for interrupted runs, and the
-stale sweep at the next start for runs that were killed outright.
+L{Topology.stop} (called from test cleanups), an C{atexit} hook for interrupted runs, a SIGTERM
+handler (SIGTERM's default action skips atexit), and the stale sweep at the next start for runs
+that were killed outright.
 """
 
 import atexit
@@ -28,203 +28,38 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-from twisted.trial import unittest as _trial
+from testbed.names import (
+    CLIENT_UID,
+    CLIENT_V4,
+    CLIENT_V6,
+    PREFIX,
+    SERVER_V4,
+    SERVER_V6,
+    WORKDIR_PREFIX,
+    list_namespaces,
+    our_namespaces,
+    remove_stale_namespaces,
+)
+from testbed.process import (
+    TWISTD,
+    ManagedProcess,
+    TopologyError,
+    run as _run,
+    tail,
+    unavailable_reason,
+    wait_for,
+)
 
-#: Prefix of every namespace we create; the full name is C{od<pid>c} or C{od<pid>s}.
-PREFIX = "od"
-_NAME_RE = re.compile(r"^%s(\d+)[a-z]*[cs]$" % PREFIX)
-#: Prefix of our work directories (logs, the client script) in the temporary directory.
-WORKDIR_PREFIX = "origdst-e2e-"
-_WORKDIR_RE = re.compile(r"^%s(\d+)-" % WORKDIR_PREFIX)
-
-CLIENT_V4 = "10.250.0.2"
-SERVER_V4 = "10.250.0.3"
-#: In the /24 but assigned nowhere: REDIRECT catches it in C before it could leave.
-UNASSIGNED_V4 = "10.250.0.4"
-CLIENT_V6 = "fd00:250::2"
-SERVER_V6 = "fd00:250::3"
-
-#: The unprivileged user that makes the requests; the owner match lets uid 0 through.
-CLIENT_UID = 65534
-
-#: twistd, run by the interpreter the tests use.  (C{python -m twisted} is C{twist}, whose
-#: options differ: no C{-n}, no C{--pidfile}.)
-TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-
-REQUIRED_TOOLS = ("ip", "iptables", "ip6tables", "setpriv", "ss")
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(_HERE)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+#: The bed's client (standard library only), run in C as uid 65534.
+CLIENT_SCRIPT = os.path.join(HERE, "netclient.py")
+#: The bed's backend (Twisted), run in S by L{Topology.start_backend}.
+BACKEND_SCRIPT = os.path.join(HERE, "backend.py")
 
 # Every Topology that is started and not yet stopped, for the atexit hook.
 _live = []
-
-
-class TopologyError(Exception):
-    """
-    The namespace fixture could not be built or a managed process misbehaved.
-    """
-
-
-def unavailable_reason():
-    """
-    Say why namespace tests cannot run here, without changing anything.
-
-    @return: a reason for skipping, or L{None} if root and all tools are present.
-    """
-    if os.geteuid() != 0:
-        return "needs root (network namespaces and iptables)"
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        return "missing tools: %s" % ", ".join(missing)
-    return None
-
-
-def _run(argv, timeout=20, check=True, input=None):
-    """
-    Run a short command, bounded in time.
-
-    @return: the L{subprocess.CompletedProcess} (text mode).
-    """
-    proc = subprocess.run(
-        argv,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise TopologyError(
-            "%s failed (%d): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip())
-        )
-    return proc
-
-
-def list_namespaces():
-    """
-    @return: the names of all named network namespaces (C{ip netns list}).
-    """
-    out = _run(["ip", "netns", "list"]).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def our_namespaces(pid=None):
-    """
-    @param pid: only those created by this pid; L{None} for any of ours.
-    @return: names of namespaces that follow our naming scheme.
-    """
-    names = []
-    for name in list_namespaces():
-        match = _NAME_RE.match(name)
-        if match and (pid is None or int(match.group(1)) == pid):
-            names.append(name)
-    return names
-
-
-def _pid_running(pid):
-    """
-    @return: whether C{pid} exists and is not a zombie (a killed run not yet reaped).
-    """
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def remove_stale_namespaces():
-    """
-    Remove namespaces of ours left behind by runs whose process is gone (killed outright, so
-    neither cleanups nor atexit ran).  Processes still inside such a namespace are the proxy and
-    backend that dead run started; they are killed by pid so the namespace really goes away.
-    Their work directories go too.
-
-    @return: the names of the namespaces removed.
-    """
-    removed = []
-    for name in our_namespaces():
-        owner = int(_NAME_RE.match(name).group(1))
-        if owner == os.getpid() or _pid_running(owner):
-            continue
-        pids = _run(["ip", "netns", "pids", name], check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        _run(["ip", "netns", "del", name], check=False)
-        removed.append(name)
-    tmp = tempfile.gettempdir()
-    for entry in os.listdir(tmp):
-        match = _WORKDIR_RE.match(entry)
-        if match and not _pid_running(int(match.group(1))):
-            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
-    return removed
-
-
-class ManagedProcess:
-    """
-    A long-running process started in a namespace, in its own session so that stopping it means
-    signalling exactly the process group we created.
-
-    @ivar name: a short label for messages.
-    @ivar log_path: where its stdout and stderr go.
-    """
-
-    def __init__(self, name, argv, log_path, env=None):
-        self.name = name
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-
-    def running(self):
-        return self.popen.poll() is None
-
-    def stop(self, timeout=5):
-        """
-        SIGTERM the process group, then SIGKILL it if it is still there after C{timeout}.
-        Only signalled while unreaped, so the group id cannot have been reused.
-        """
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.popen.poll() is not None:
-                break
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                continue
-        self._log.close()
-        return self.popen.returncode
-
-
-def wait_for(predicate, timeout, interval=0.05, what="condition"):
-    """
-    Poll C{predicate} until it returns something true, for at most C{timeout} seconds.
-
-    @return: the true value.
-    @raise TopologyError: on timeout.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TopologyError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 class Topology:
@@ -302,7 +137,7 @@ class Topology:
         os.chmod(self.workdir, 0o755)
         os.chmod(client_dir, 0o755)
         self.client_script = os.path.join(client_dir, "netclient.py")
-        shutil.copyfile(os.path.join(_HERE, "netclient.py"), self.client_script)
+        shutil.copyfile(CLIENT_SCRIPT, self.client_script)
         os.chmod(self.client_script, 0o644)
         tried = []
         for python in (sys.executable, "/usr/bin/python3"):
@@ -382,22 +217,22 @@ class Topology:
         def ready():
             if not proc.running():
                 raise TopologyError("%s exited with %s:\n%s" % (
-                    name, proc.popen.returncode, self._tail(log_path)))
+                    name, proc.popen.returncode, tail(log_path)))
             return self.listening(ns, port)
 
         try:
             wait_for(ready, timeout, interval=0.1, what="%s listening on %d" % (name, port))
         except TopologyError as e:
-            raise TopologyError("%s\n%s" % (e, self._tail(log_path)))
+            raise TopologyError("%s\n%s" % (e, tail(log_path)))
         return proc
 
     def start_backend(self, port=80):
         """
-        Start tests/backend.py in S listening dual-stack on C{port}.
+        Start testbed/backend.py in S listening dual-stack on C{port}.
         """
         self.backend = self._spawn(
             "backend", self.server,
-            [self.python, os.path.join(_HERE, "backend.py"), "--port", str(port)], port)
+            [self.python, BACKEND_SCRIPT, "--port", str(port)], port)
         return self.backend
 
     def track(self, process):
@@ -450,26 +285,19 @@ class Topology:
                 return f.read()
         return ""
 
-    @staticmethod
-    def _tail(path, lines=30):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
     # -- the client ------------------------------------------------------------------
 
-    def start_script(self, name, args):
+    def start_script(self, path, args):
         """
-        Start tests/C{name} (standard library only) in C as the unprivileged
-        client, with C{args}; its stdout is piped.
+        Start the script at C{path} (standard library only) in C as the
+        unprivileged client, with C{args}; its stdout is piped.  It runs from a
+        world-readable copy, like the bed's own client.
 
         @return: the L{subprocess.Popen}; L{finish_script} collects it.
         """
-        script = os.path.join(os.path.dirname(self.client_script), name)
+        script = os.path.join(os.path.dirname(self.client_script), os.path.basename(path))
         if not os.path.exists(script):
-            shutil.copyfile(os.path.join(_HERE, name), script)
+            shutil.copyfile(path, script)
             os.chmod(script, 0o644)
         return subprocess.Popen(
             self._as_client([self.client_python, script] + [str(a) for a in args]),
@@ -520,7 +348,6 @@ class Topology:
             raise TopologyError("client failed (%d): %s" % (proc.returncode, err.strip()))
         return json.loads(out)
 
-
 def _on_sigterm(signum, frame):
     """
     A terminated run (SIGTERM's default action skips atexit) cleans up, then dies of the
@@ -552,107 +379,3 @@ def _stop_all():
             topology.stop()
         except Exception as e:  # best effort at interpreter exit
             sys.stderr.write("origdst e2e: cleanup of %s failed: %s\n" % (topology.client, e))
-
-
-class TopologyTestCase(_trial.TestCase):
-    """
-    Tests that share one L{Topology} per class: trial has no C{setUpClass}, so
-    the first C{setUp} builds it (L{build} adds rules and starts processes)
-    and L{suite} appends a test that tears it down and checks that its
-    namespaces are gone.
-
-    A machine that cannot build namespaces or add the rules skips the tests;
-    a fixture whose processes fail to start fails them, with the proxy's log.
-    """
-
-    tag = ""
-    topology = None
-    skipReason = None
-    fixtureError = None
-    _fixtureTried = False
-
-    @classmethod
-    def build(cls, topology):
-        """
-        Add rules and start the processes the class needs.
-        """
-        raise NotImplementedError()
-
-    @classmethod
-    def setUpClass(cls):
-        cls._fixtureTried = True
-        reason = unavailable_reason()
-        if reason:
-            cls.skipReason = reason
-            return
-        topology = Topology(tag=cls.tag)
-        try:
-            topology.start()
-        except TopologyError as e:
-            cls.skipReason = "cannot build network namespaces: %s" % (e,)
-            return
-        cls.topology = topology
-        try:
-            cls.build(topology)
-        except _trial.SkipTest as e:
-            cls.skipReason = str(e)
-        except Exception as e:
-            cls.fixtureError = "fixture failed: %s\nproxy log:\n%s" % (
-                e, topology.proxy_log()[-4000:])
-
-    @classmethod
-    def tearDownClass(cls):
-        """
-        Stop everything; raise if our namespaces are still there.
-        """
-        topology, cls.topology = cls.topology, None
-        cls._fixtureTried = False
-        cls.skipReason = cls.fixtureError = None
-        if topology is not None:
-            left = topology.stop()
-            if left:
-                raise AssertionError("namespaces left behind: %r" % (left,))
-
-    def setUp(self):
-        cls = type(self)
-        if not cls._fixtureTried:
-            cls.setUpClass()
-        if cls.skipReason:
-            raise _trial.SkipTest(cls.skipReason)
-        if cls.fixtureError:
-            self.fail(cls.fixtureError)
-        self.topology = cls.topology
-        if self.topology.proxy is not None and not self.topology.proxy.running():
-            self.fail("the proxy exited (%s) during an earlier test:\n%s" % (
-                self.topology.proxy.popen.returncode, self.topology.proxy_log()[-4000:]))
-
-
-def suite(cls, names=None):
-    """
-    @return: a trial suite running C{cls}'s tests (C{names}, in that order, or
-        all of them sorted), then the teardown of its shared topology.
-    """
-    from twisted.trial import runner
-
-    if names is None:
-        names = sorted(name for name in dir(cls) if name.startswith("test_"))
-
-    class Teardown(_trial.TestCase):
-        def test_tearDownClass(self):
-            """
-            Stopping the fixture removes its namespaces, rules and veths.
-            """
-            reason = unavailable_reason()
-            if reason:
-                raise _trial.SkipTest(reason)
-            topology = cls.topology
-            cls.tearDownClass()
-            if topology is not None:
-                left = [ns for ns in list_namespaces() if ns in (topology.client, topology.server)]
-                self.assertEqual(left, [])
-
-    Teardown.__name__ = Teardown.__qualname__ = cls.__name__ + "Teardown"
-    Teardown.__module__ = cls.__module__
-    tests = runner.TestSuite([cls(name) for name in names])
-    tests.addTest(Teardown("test_tearDownClass"))
-    return tests

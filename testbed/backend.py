@@ -1,7 +1,7 @@
 """
 The backend of the end-to-end tests: a small Twisted web server that reports what it received.
 
-Run as C{python tests/backend.py --port 80}; it listens dual-stack (C{tcp6:<port>} on C{::}) and
+Run as C{python testbed/backend.py --port 80}; it listens dual-stack (C{tcp6:<port>} on C{::}) and
 writes one line per request to stdout.  Endpoints:
 
   - C{/echo} (any method): 200 JSON with C{method}, C{uri} (as received), C{version},
