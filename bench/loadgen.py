@@ -1,5 +1,5 @@
 """
-The benchmark's own client tools, run by bench/run.py inside the client
+The benchmark's own client tools, run by the benchmark (bench/clients.py) inside the client
 namespace as an unprivileged user (so the REDIRECT rule's owner match sends
 them to the proxy).  Standard library only, so any python3 the unprivileged
 user can run will do; every mode is bounded in count and in time.

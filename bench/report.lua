@@ -1,5 +1,5 @@
 -- wrk script: print the run's summary as one JSON line prefixed with BENCH,
--- with exact counts and latency percentiles in microseconds, for bench/run.py.
+-- with exact counts and latency percentiles in microseconds, for bench/clients.py.
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
