@@ -143,7 +143,7 @@ class Topology:
         for python in (sys.executable, "/usr/bin/python3"):
             if not python or not os.path.exists(python):
                 continue
-            proc = _run(self._as_client([python, self.client_script, "--probe"]), check=False)
+            proc = _run(self.as_client([python, self.client_script, "--probe"]), check=False)
             if proc.returncode == 0 and proc.stdout.strip() == "ok":
                 self.client_python = python
                 return
@@ -177,7 +177,11 @@ class Topology:
         """
         return _run(["ip", "netns", "exec", ns] + list(argv), **kwargs)
 
-    def _as_client(self, argv):
+    def as_client(self, argv):
+        """
+        @return: C{argv} run in C as the unprivileged client (uid 65534), which the
+            REDIRECT rule's owner match sends to the proxy.
+        """
         return ["ip", "netns", "exec", self.client, "setpriv",
                 "--reuid=%d" % CLIENT_UID, "--regid=%d" % CLIENT_UID, "--clear-groups"] + argv
 
@@ -241,12 +245,12 @@ class Topology:
         """
         self._procs.append(process)
 
-    def start_server(self, name, argv, port):
+    def start_server(self, name, argv, port, timeout=20):
         """
         Start another server in S (C{argv} run as root) and wait until it
-        listens on C{port}.
+        listens on C{port}, for at most C{timeout} seconds.
         """
-        return self._spawn(name, self.server, list(argv), port)
+        return self._spawn(name, self.server, list(argv), port, timeout=timeout)
 
     def start_proxy(self, args, port):
         """
@@ -300,7 +304,7 @@ class Topology:
             shutil.copyfile(path, script)
             os.chmod(script, 0o644)
         return subprocess.Popen(
-            self._as_client([self.client_python, script] + [str(a) for a in args]),
+            self.as_client([self.client_python, script] + [str(a) for a in args]),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -331,7 +335,7 @@ class Topology:
         @return: the decoded JSON it prints.
         """
         proc = subprocess.Popen(
-            self._as_client([self.client_python, self.client_script]),
+            self.as_client([self.client_python, self.client_script]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
