@@ -3,7 +3,7 @@ The differential check: the same requests sent to the backend directly and
 through origdst must give the same results, apart from the rewrites origdst
 documents (README, "What origdst does to a request").
 
-Two copies of tests/backend.py run in namespace S: one on port 80, which the
+Two copies of testbed/backend.py run in namespace S: one on port 80, which the
 REDIRECT rule sends through the proxy, and one on port 8080, which the rule
 leaves alone. The unprivileged client sends each case's bytes once to each,
 on a connection of its own, and both sides are compared: what the client got
