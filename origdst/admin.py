@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import origdst
-from origdst import config, logs, stats
+from origdst import clusterstatus, config, logs, stats
 
 TEXT = b"text/plain; charset=UTF-8"
 JSON = b"application/json"
@@ -90,25 +90,10 @@ class Admin:
 
     def hosts(self):
         """
-        @return: C{(host, counters, gauges)} for each current host, by key;
-            counters and gauges are C{(name, value)} pairs sorted by name.
+        @return: C{(host, counters, gauges)} for each current host (see
+            L{clusterstatus.hosts}).
         """
-        out = []
-        for host in sorted(self.cluster.hosts.values(), key=lambda h: (h.ip, h.port)):
-            pool = host.pool
-            counters = [
-                ("cx_connect_fail", pool.cx_connect_fail),
-                ("cx_rx_bytes_total", pool.rx_bytes),
-                ("cx_total", pool.cx_total),
-                ("cx_tx_bytes_total", pool.tx_bytes),
-                ("rq_error", pool.rq_error),
-                ("rq_success", pool.rq_success),
-                ("rq_timeout", pool.rq_timeout),
-                ("rq_total", pool.rq_total),
-            ]
-            gauges = [("cx_active", pool.cx_active()), ("rq_active", pool.rq_active())]
-            out.append((host, counters, gauges))
-        return out
+        return clusterstatus.hosts(self.cluster)
 
 
 def _arg(request, name, default=None):
@@ -279,73 +264,10 @@ class Clusters(Endpoint):
         return 200, _text(self.as_text())
 
     def as_text(self):
-        """
-        Envoy's form: C{<cluster>::<host>::<figure>::<value>} lines.
-        """
-        admin = self.admin
-        name = admin.settings.cluster_name
-        lines = [
-            f"{name}::observability_name::{name}",
-            f"{name}::default_priority::max_connections::{admin.settings.max_connections}",
-            f"{name}::default_priority::max_pending_requests::{admin.settings.max_pending_requests}",
-            f"{name}::added_via_api::false",
-        ]
-        for host, counters, gauges in admin.hosts():
-            prefix = f"{name}::{host.key}::"
-            lines += [f"{prefix}{figure}::{value}" for figure, value in counters + gauges]
-            lines += [
-                prefix + "hostname::",
-                prefix + "health_flags::healthy",
-                prefix + "weight::1",
-                prefix + "region::",
-                prefix + "zone::",
-                prefix + "sub_zone::",
-                prefix + "canary::false",
-                prefix + "priority::0",
-                prefix + "success_rate::-1",
-                prefix + "local_origin_success_rate::-1",
-                prefix + "last_used::%.3f" % (host.last_used or 0),
-            ]
-        return "".join(line + "\n" for line in lines)
+        return clusterstatus.as_text(self.admin.settings, self.admin.hosts())
 
     def as_json(self):
-        """
-        Envoy's C{cluster_statuses} form, values as numbers; C{key} and
-        C{last_used} (seconds since the epoch) are origdst's own.
-        """
-        admin = self.admin
-        settings = admin.settings
-        hosts = []
-        for host, counters, gauges in admin.hosts():
-            hosts.append(
-                {
-                    "address": {"socket_address": {"address": host.ip, "port_value": host.port}},
-                    "key": host.key,
-                    "stats": [{"name": n, "value": v} for n, v in counters]
-                    + [{"type": "GAUGE", "name": n, "value": v} for n, v in gauges],
-                    "health_status": {"eds_health_status": "HEALTHY"},
-                    "weight": 1,
-                    "last_used": host.last_used,
-                }
-            )
-        return {
-            "cluster_statuses": [
-                {
-                    "name": settings.cluster_name,
-                    "observability_name": settings.cluster_name,
-                    "added_via_api": False,
-                    "circuit_breakers": {
-                        "thresholds": [
-                            {
-                                "max_connections": settings.max_connections,
-                                "max_pending_requests": settings.max_pending_requests,
-                            }
-                        ]
-                    },
-                    "host_statuses": hosts,
-                }
-            ]
-        }
+        return clusterstatus.as_json(self.admin.settings, self.admin.hosts())
 
 
 class Logging(Endpoint):
