@@ -13,7 +13,10 @@ A separate twisted.web site, on loopback by default (C{--admin}), serving:
   - C{/help}.
 
 Requests that change something must be POSTs, as in Envoy, so that a page
-or a link cannot change the proxy by a mere GET. Nothing on the data path
+or a link cannot change the proxy by a mere GET; which endpoints change
+something is a column of L{ENDPOINTS}, and L{origdst.adminguard} refuses
+such POSTs from other sites, and every request whose C{Host} is not the
+admin's own (DNS rebinding). Nothing on the data path
 imports this module; it reads the counters of L{origdst.stats} and the hosts
 of the cluster when asked, so serving it costs the proxy nothing in between.
 """
@@ -27,7 +30,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import origdst
-from origdst import clusterstatus, config, logs, stats
+from origdst import adminguard, clusterstatus, config, logs, stats
+from origdst.adminguard import AdminGuard
 
 TEXT = b"text/plain; charset=UTF-8"
 JSON = b"application/json"
@@ -65,6 +69,7 @@ class Admin:
         self.listening = listening
         self.config_path = config_path
         self.root = None
+        self.guard = AdminGuard(getattr(settings, "admin_host", ()), reactor)
 
     def collect(self):
         """
@@ -83,10 +88,11 @@ class Admin:
 
     def settings_by_option(self):
         """
-        @return: the effective settings by option name, as JSON values.
+        @return: the effective settings by option name, as JSON values, with
+            secrets redacted (L{adminguard.redact}).
         """
         values = dataclasses.asdict(self.settings)
-        return {option: values[config.attribute(option)] for option in config.PARSERS}
+        return adminguard.redact({option: values[config.attribute(option)] for option in config.PARSERS})
 
     def hosts(self):
         """
@@ -117,18 +123,24 @@ def _seconds(value):
 
 class Endpoint(Resource):
     """
-    One admin endpoint. Subclasses implement L{respond}; this class adds the
-    headers every answer has and refuses methods other than GET, HEAD and
-    POST.
+    One admin endpoint. Subclasses implement L{respond} for what it shows
+    and, where a POST changes something, L{change}; this class adds the
+    headers every answer has, refuses a C{Host} that is not the admin's own
+    and methods other than GET, HEAD and POST, and lets a POST reach
+    L{change} only past the cross-site checks.
 
     @cvar help: the line C{/help} shows for it.
+    @ivar changes: whether a POST here changes the proxy; set from the
+        endpoint table, L{ENDPOINTS}.
     """
 
     help = ""
+    changes = False
 
-    def __init__(self, admin):
+    def __init__(self, admin, changes=False):
         Resource.__init__(self)
         self.admin = admin
+        self.changes = changes
 
     def getChild(self, name, request):
         return NotFound(self.admin)
@@ -137,9 +149,20 @@ class Endpoint(Resource):
         request.setHeader(b"server", b"origdst")
         request.setHeader(b"cache-control", b"no-cache, max-age=0")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if request.method not in (b"GET", b"HEAD", b"POST"):
+        guard = self.admin.guard
+        refusal = guard.misdirected(request)
+        if refusal is not None:
+            code, (kind, body) = refusal[0], _text(refusal[1])
+        elif request.method not in (b"GET", b"HEAD", b"POST"):
+            # Also a CORS preflight (OPTIONS): never answered with allow headers.
             request.setHeader(b"allow", b"GET, HEAD, POST")
             code, (kind, body) = 405, _text(f"Method {request.method.decode('latin-1')} not allowed.\n")
+        elif self.changes and request.method == b"POST":
+            refusal = guard.cross_site(request)
+            if refusal is not None:
+                code, (kind, body) = refusal[0], _text(refusal[1])
+            else:
+                code, (kind, body) = self.change(request)
         else:
             code, (kind, body) = self.respond(request)
         request.setResponseCode(code)
@@ -148,7 +171,21 @@ class Endpoint(Resource):
 
     def respond(self, request):
         """
+        Answer a request that changes nothing: a GET or HEAD, or a POST to an
+        endpoint that changes nothing. An endpoint that only changes things
+        keeps this default, Envoy's answer to a mutating request that is not
+        a POST.
+
         @return: C{(status, (content type, body bytes))}.
+        """
+        return self.post_required(request)
+
+    def change(self, request):
+        """
+        Answer a POST that passed the cross-site checks, on an endpoint that
+        L{ENDPOINTS} says changes something.
+
+        @return: as L{respond}.
         """
         raise NotImplementedError()
 
@@ -170,8 +207,8 @@ class NotFound(Endpoint):
 class Page(Endpoint):
     help = "the live page of destinations"
 
-    def __init__(self, admin):
-        Endpoint.__init__(self, admin)
+    def __init__(self, admin, changes=False):
+        Endpoint.__init__(self, admin, changes)
         with open(_PAGE, "rb") as f:
             self.page = f.read()
 
@@ -274,23 +311,28 @@ class Logging(Endpoint):
     help = "query (GET) or change (POST ?level=debug|info|warn|error) the log level"
 
     def respond(self, request):
+        if request.args:
+            return self.post_required(request)
+        return 200, self.levels()
+
+    def change(self, request):
         level = _arg(request, "level")
         if request.args:
-            if request.method != b"POST":
-                return self.post_required(request)
             if level is None or level.lower() not in logs.LEVELS:
                 choices = ", ".join(logs.LEVELS)
                 return 400, _text(f"usage: POST /logging?level=<{choices}>\n")
             logs.set_level(level.lower())
-        return 200, _text(f"active loggers:\n  origdst: {logs.level()}\n")
+        return 200, self.levels()
+
+    @staticmethod
+    def levels():
+        return _text(f"active loggers:\n  origdst: {logs.level()}\n")
 
 
 class ResetCounters(Endpoint):
     help = "reset all counters to zero (POST)"
 
-    def respond(self, request):
-        if request.method != b"POST":
-            return self.post_required(request)
+    def change(self, request):
         self.admin.stats.reset()
         for host in self.admin.cluster.hosts.values():
             pool = host.pool
@@ -334,24 +376,35 @@ class AdminSite(Site):
         pass
 
 
+#: The description to listen on for C{--admin} (a unix socket's mode), for tap.
+listen_description = adminguard.listen_description
+
+#: The endpoints: path, class, and whether a POST there changes the proxy (so
+#: it must pass L{AdminGuard.cross_site} before the endpoint's C{change} is
+#: called). An endpoint added later that changes something says so here.
+ENDPOINTS = [
+    ("", Page, False),
+    ("ready", Ready, False),
+    ("server_info", ServerInfo, False),
+    ("config_dump", ConfigDump, False),
+    ("stats", Stats, False),
+    ("stats/prometheus", Prometheus, False),
+    ("clusters", Clusters, False),
+    ("logging", Logging, True),
+    ("reset_counters", ResetCounters, True),
+    ("help", Help, False),
+]
+
+
 def site(admin):
     """
     @param admin: an L{Admin}.
-    @return: the admin L{Site}.
+    @return: the admin L{Site}, timing out idle connections on the admin's
+        reactor.
     """
     root = admin.root = Endpoint(admin)
-    children = {
-        b"": Page,
-        b"ready": Ready,
-        b"server_info": ServerInfo,
-        b"config_dump": ConfigDump,
-        b"stats": Stats,
-        b"clusters": Clusters,
-        b"logging": Logging,
-        b"reset_counters": ResetCounters,
-        b"help": Help,
-    }
-    for name, kind in children.items():
-        root.putChild(name, kind(admin))
-    root.children[b"stats"].putChild(b"prometheus", Prometheus(admin))
-    return AdminSite(root)
+    for path, kind, changes in ENDPOINTS:
+        parent, _, name = path.rpartition("/")
+        resource = root.children[parent.encode("ascii")] if parent else root
+        resource.putChild(name.encode("ascii"), kind(admin, changes))
+    return AdminSite(root, reactor=admin.reactor)
