@@ -351,7 +351,8 @@ class Help(Endpoint):
 def _help_text(root):
     lines = ["admin commands are:"]
     for path, resource in _endpoints(root):
-        lines.append(f"  {path}: {resource.help}")
+        needs = " (a POST needs the header X-Origdst-Admin: 1)" if resource.changes else ""
+        lines.append(f"  {path}: {resource.help}{needs}")
     return "\n".join(lines) + "\n"
 
 

@@ -213,6 +213,10 @@ class CrossSiteTests(unittest.TestCase):
         self.assertEqual(self.changing(), ["logging", "reset_counters"])
         for path, kind, changes in admin.ENDPOINTS:
             self.assertEqual(kind.change is not admin.Endpoint.change, changes, path)
+        help = self.admin.request(b"GET", b"/help", [host()]).text()
+        self.assertIn("  /reset_counters: reset all counters to zero (POST) (a POST needs the header "
+                      "X-Origdst-Admin: 1)\n", help)
+        self.assertEqual(help.count("X-Origdst-Admin"), 2)
 
     def test_form_post(self):
         """
