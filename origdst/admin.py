@@ -9,7 +9,8 @@ A separate twisted.web site, on loopback by default (C{--admin}), serving:
   - C{/stats} (C{?filter=REGEX}, C{?usedonly}, C{?format=json|prometheus}),
     C{/stats/prometheus};
   - C{/clusters} (C{?format=json});
-  - C{/logging} (C{POST ?level=debug}), C{/reset_counters} (C{POST});
+  - C{/logging} (C{POST ?level=debug}), C{/reset_counters} (C{POST}), each
+    POST with C{X-Origdst-Admin: 1};
   - C{/help}.
 
 Requests that change something must be POSTs, as in Envoy, so that a page
@@ -69,7 +70,7 @@ class Admin:
         self.listening = listening
         self.config_path = config_path
         self.root = None
-        self.guard = AdminGuard(getattr(settings, "admin_host", ()), reactor)
+        self.guard = AdminGuard(settings.admin_host, reactor)
 
     def collect(self):
         """
