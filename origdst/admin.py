@@ -166,7 +166,8 @@ class Endpoint(Resource):
                 code, (kind, body) = self.change(request)
         else:
             code, (kind, body) = self.respond(request)
-        request.setResponseCode(code)
+        # Twisted has no reason phrase for 421 (RFC 9110, 15.5.20).
+        request.setResponseCode(code, b"Misdirected Request" if code == 421 else None)
         request.setHeader(b"content-type", kind)
         return body
 

@@ -27,6 +27,7 @@ class Answer:
     def __init__(self, raw):
         head, _, self.body = raw.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
+        self.status = lines[0]
         self.code = int(lines[0].split()[1])
         self.headers = {}
         for line in lines[1:]:
@@ -117,7 +118,7 @@ class HostTests(unittest.TestCase):
         Host evil.example:9901: 421, and no configuration in the body.
         """
         answer = self.admin.request(b"GET", b"/config_dump", [host(b"evil.example:9901")])
-        self.assertEqual(answer.code, 421)
+        self.assertEqual(answer.status, "HTTP/1.1 421 Misdirected Request")
         self.assertIn("Misdirected request: Host 'evil.example:9901' is not this admin interface", answer.text())
         self.assertIn("--admin-host", answer.text())
         self.assertNotIn("max-connections", answer.text())
