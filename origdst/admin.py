@@ -9,11 +9,15 @@ A separate twisted.web site, on loopback by default (C{--admin}), serving:
   - C{/stats} (C{?filter=REGEX}, C{?usedonly}, C{?format=json|prometheus}),
     C{/stats/prometheus};
   - C{/clusters} (C{?format=json});
-  - C{/logging} (C{POST ?level=debug}), C{/reset_counters} (C{POST});
+  - C{/logging} (C{POST ?level=debug}), C{/reset_counters} (C{POST}), each
+    POST with C{X-Origdst-Admin: 1};
   - C{/help}.
 
 Requests that change something must be POSTs, as in Envoy, so that a page
-or a link cannot change the proxy by a mere GET. Nothing on the data path
+or a link cannot change the proxy by a mere GET; which endpoints change
+something is a column of L{ENDPOINTS}, and L{origdst.adminguard} refuses
+such POSTs from other sites, and every request whose C{Host} is not the
+admin's own (DNS rebinding). Nothing on the data path
 imports this module; it reads the counters of L{origdst.stats} and the hosts
 of the cluster when asked, so serving it costs the proxy nothing in between.
 """
@@ -27,7 +31,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import origdst
-from origdst import config, logs, stats
+from origdst import adminguard, clusterstatus, config, logs, stats
+from origdst.adminguard import AdminGuard
 
 TEXT = b"text/plain; charset=UTF-8"
 JSON = b"application/json"
@@ -65,6 +70,7 @@ class Admin:
         self.listening = listening
         self.config_path = config_path
         self.root = None
+        self.guard = AdminGuard(settings.admin_host, reactor)
 
     def collect(self):
         """
@@ -83,32 +89,18 @@ class Admin:
 
     def settings_by_option(self):
         """
-        @return: the effective settings by option name, as JSON values.
+        @return: the effective settings by option name, as JSON values, with
+            secrets redacted (L{adminguard.redact}).
         """
         values = dataclasses.asdict(self.settings)
-        return {option: values[config.attribute(option)] for option in config.PARSERS}
+        return adminguard.redact({option: values[config.attribute(option)] for option in config.PARSERS})
 
     def hosts(self):
         """
-        @return: C{(host, counters, gauges)} for each current host, by key;
-            counters and gauges are C{(name, value)} pairs sorted by name.
+        @return: C{(host, counters, gauges)} for each current host (see
+            L{clusterstatus.hosts}).
         """
-        out = []
-        for host in sorted(self.cluster.hosts.values(), key=lambda h: (h.ip, h.port)):
-            pool = host.pool
-            counters = [
-                ("cx_connect_fail", pool.cx_connect_fail),
-                ("cx_rx_bytes_total", pool.rx_bytes),
-                ("cx_total", pool.cx_total),
-                ("cx_tx_bytes_total", pool.tx_bytes),
-                ("rq_error", pool.rq_error),
-                ("rq_success", pool.rq_success),
-                ("rq_timeout", pool.rq_timeout),
-                ("rq_total", pool.rq_total),
-            ]
-            gauges = [("cx_active", pool.cx_active()), ("rq_active", pool.rq_active())]
-            out.append((host, counters, gauges))
-        return out
+        return clusterstatus.hosts(self.cluster)
 
 
 def _arg(request, name, default=None):
@@ -132,18 +124,24 @@ def _seconds(value):
 
 class Endpoint(Resource):
     """
-    One admin endpoint. Subclasses implement L{respond}; this class adds the
-    headers every answer has and refuses methods other than GET, HEAD and
-    POST.
+    One admin endpoint. Subclasses implement L{respond} for what it shows
+    and, where a POST changes something, L{change}; this class adds the
+    headers every answer has, refuses a C{Host} that is not the admin's own
+    and methods other than GET, HEAD and POST, and lets a POST reach
+    L{change} only past the cross-site checks.
 
     @cvar help: the line C{/help} shows for it.
+    @ivar changes: whether a POST here changes the proxy; set from the
+        endpoint table, L{ENDPOINTS}.
     """
 
     help = ""
+    changes = False
 
-    def __init__(self, admin):
+    def __init__(self, admin, changes=False):
         Resource.__init__(self)
         self.admin = admin
+        self.changes = changes
 
     def getChild(self, name, request):
         return NotFound(self.admin)
@@ -152,18 +150,44 @@ class Endpoint(Resource):
         request.setHeader(b"server", b"origdst")
         request.setHeader(b"cache-control", b"no-cache, max-age=0")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if request.method not in (b"GET", b"HEAD", b"POST"):
+        guard = self.admin.guard
+        refusal = guard.misdirected(request)
+        if refusal is not None:
+            code, (kind, body) = refusal[0], _text(refusal[1])
+        elif request.method not in (b"GET", b"HEAD", b"POST"):
+            # Also a CORS preflight (OPTIONS): never answered with allow headers.
             request.setHeader(b"allow", b"GET, HEAD, POST")
             code, (kind, body) = 405, _text(f"Method {request.method.decode('latin-1')} not allowed.\n")
+        elif self.changes and request.method == b"POST":
+            refusal = guard.cross_site(request)
+            if refusal is not None:
+                code, (kind, body) = refusal[0], _text(refusal[1])
+            else:
+                code, (kind, body) = self.change(request)
         else:
             code, (kind, body) = self.respond(request)
-        request.setResponseCode(code)
+        # Twisted has no reason phrase for 421 (RFC 9110, 15.5.20).
+        request.setResponseCode(code, b"Misdirected Request" if code == 421 else None)
         request.setHeader(b"content-type", kind)
         return body
 
     def respond(self, request):
         """
+        Answer a request that changes nothing: a GET or HEAD, or a POST to an
+        endpoint that changes nothing. An endpoint that only changes things
+        keeps this default, Envoy's answer to a mutating request that is not
+        a POST.
+
         @return: C{(status, (content type, body bytes))}.
+        """
+        return self.post_required(request)
+
+    def change(self, request):
+        """
+        Answer a POST that passed the cross-site checks, on an endpoint that
+        L{ENDPOINTS} says changes something.
+
+        @return: as L{respond}.
         """
         raise NotImplementedError()
 
@@ -185,8 +209,8 @@ class NotFound(Endpoint):
 class Page(Endpoint):
     help = "the live page of destinations"
 
-    def __init__(self, admin):
-        Endpoint.__init__(self, admin)
+    def __init__(self, admin, changes=False):
+        Endpoint.__init__(self, admin, changes)
         with open(_PAGE, "rb") as f:
             self.page = f.read()
 
@@ -279,96 +303,38 @@ class Clusters(Endpoint):
         return 200, _text(self.as_text())
 
     def as_text(self):
-        """
-        Envoy's form: C{<cluster>::<host>::<figure>::<value>} lines.
-        """
-        admin = self.admin
-        name = admin.settings.cluster_name
-        lines = [
-            f"{name}::observability_name::{name}",
-            f"{name}::default_priority::max_connections::{admin.settings.max_connections}",
-            f"{name}::default_priority::max_pending_requests::{admin.settings.max_pending_requests}",
-            f"{name}::added_via_api::false",
-        ]
-        for host, counters, gauges in admin.hosts():
-            prefix = f"{name}::{host.key}::"
-            lines += [f"{prefix}{figure}::{value}" for figure, value in counters + gauges]
-            lines += [
-                prefix + "hostname::",
-                prefix + "health_flags::healthy",
-                prefix + "weight::1",
-                prefix + "region::",
-                prefix + "zone::",
-                prefix + "sub_zone::",
-                prefix + "canary::false",
-                prefix + "priority::0",
-                prefix + "success_rate::-1",
-                prefix + "local_origin_success_rate::-1",
-                prefix + "last_used::%.3f" % (host.last_used or 0),
-            ]
-        return "".join(line + "\n" for line in lines)
+        return clusterstatus.as_text(self.admin.settings, self.admin.hosts())
 
     def as_json(self):
-        """
-        Envoy's C{cluster_statuses} form, values as numbers; C{key} and
-        C{last_used} (seconds since the epoch) are origdst's own.
-        """
-        admin = self.admin
-        settings = admin.settings
-        hosts = []
-        for host, counters, gauges in admin.hosts():
-            hosts.append(
-                {
-                    "address": {"socket_address": {"address": host.ip, "port_value": host.port}},
-                    "key": host.key,
-                    "stats": [{"name": n, "value": v} for n, v in counters]
-                    + [{"type": "GAUGE", "name": n, "value": v} for n, v in gauges],
-                    "health_status": {"eds_health_status": "HEALTHY"},
-                    "weight": 1,
-                    "last_used": host.last_used,
-                }
-            )
-        return {
-            "cluster_statuses": [
-                {
-                    "name": settings.cluster_name,
-                    "observability_name": settings.cluster_name,
-                    "added_via_api": False,
-                    "circuit_breakers": {
-                        "thresholds": [
-                            {
-                                "max_connections": settings.max_connections,
-                                "max_pending_requests": settings.max_pending_requests,
-                            }
-                        ]
-                    },
-                    "host_statuses": hosts,
-                }
-            ]
-        }
+        return clusterstatus.as_json(self.admin.settings, self.admin.hosts())
 
 
 class Logging(Endpoint):
     help = "query (GET) or change (POST ?level=debug|info|warn|error) the log level"
 
     def respond(self, request):
+        if request.args:
+            return self.post_required(request)
+        return 200, self.levels()
+
+    def change(self, request):
         level = _arg(request, "level")
         if request.args:
-            if request.method != b"POST":
-                return self.post_required(request)
             if level is None or level.lower() not in logs.LEVELS:
                 choices = ", ".join(logs.LEVELS)
                 return 400, _text(f"usage: POST /logging?level=<{choices}>\n")
             logs.set_level(level.lower())
-        return 200, _text(f"active loggers:\n  origdst: {logs.level()}\n")
+        return 200, self.levels()
+
+    @staticmethod
+    def levels():
+        return _text(f"active loggers:\n  origdst: {logs.level()}\n")
 
 
 class ResetCounters(Endpoint):
     help = "reset all counters to zero (POST)"
 
-    def respond(self, request):
-        if request.method != b"POST":
-            return self.post_required(request)
+    def change(self, request):
         self.admin.stats.reset()
         for host in self.admin.cluster.hosts.values():
             pool = host.pool
@@ -387,7 +353,8 @@ class Help(Endpoint):
 def _help_text(root):
     lines = ["admin commands are:"]
     for path, resource in _endpoints(root):
-        lines.append(f"  {path}: {resource.help}")
+        needs = " (a POST needs the header X-Origdst-Admin: 1)" if resource.changes else ""
+        lines.append(f"  {path}: {resource.help}{needs}")
     return "\n".join(lines) + "\n"
 
 
@@ -412,24 +379,35 @@ class AdminSite(Site):
         pass
 
 
+#: The description to listen on for C{--admin} (a unix socket's mode), for tap.
+listen_description = adminguard.listen_description
+
+#: The endpoints: path, class, and whether a POST there changes the proxy (so
+#: it must pass L{AdminGuard.cross_site} before the endpoint's C{change} is
+#: called). An endpoint added later that changes something says so here.
+ENDPOINTS = [
+    ("", Page, False),
+    ("ready", Ready, False),
+    ("server_info", ServerInfo, False),
+    ("config_dump", ConfigDump, False),
+    ("stats", Stats, False),
+    ("stats/prometheus", Prometheus, False),
+    ("clusters", Clusters, False),
+    ("logging", Logging, True),
+    ("reset_counters", ResetCounters, True),
+    ("help", Help, False),
+]
+
+
 def site(admin):
     """
     @param admin: an L{Admin}.
-    @return: the admin L{Site}.
+    @return: the admin L{Site}, timing out idle connections on the admin's
+        reactor.
     """
     root = admin.root = Endpoint(admin)
-    children = {
-        b"": Page,
-        b"ready": Ready,
-        b"server_info": ServerInfo,
-        b"config_dump": ConfigDump,
-        b"stats": Stats,
-        b"clusters": Clusters,
-        b"logging": Logging,
-        b"reset_counters": ResetCounters,
-        b"help": Help,
-    }
-    for name, kind in children.items():
-        root.putChild(name, kind(admin))
-    root.children[b"stats"].putChild(b"prometheus", Prometheus(admin))
-    return AdminSite(root)
+    for path, kind, changes in ENDPOINTS:
+        parent, _, name = path.rpartition("/")
+        resource = root.children[parent.encode("ascii")] if parent else root
+        resource.putChild(name.encode("ascii"), kind(admin, changes))
+    return AdminSite(root, reactor=admin.reactor)

@@ -60,6 +60,9 @@ class Settings:
     # The admin interface shows where the host connects and changes the log
     # level: a non-loopback --admin needs this explicit consent.
     admin_allow_remote: bool = False
+    # Host names the admin interface answers to besides its own addresses
+    # (a guard against DNS rebinding; see origdst.adminguard).
+    admin_host: tuple = ()
     # Proxy processes sharing the port (SO_REUSEPORT): one CPython process
     # uses one core.
     workers: int = 1
@@ -322,6 +325,7 @@ PARSERS = {
     "allow-source": _networks("allow-source"),
     "use-original-dst-header": _boolean("use-original-dst-header"),
     "admin-allow-remote": _boolean("admin-allow-remote"),
+    "admin-host": _host_patterns("admin-host"),
     "workers": _positive_int("workers"),
     "idle-timeout": _seconds("idle-timeout", allow_zero=True),
     "request-headers-timeout": _seconds("request-headers-timeout", allow_zero=True),
@@ -331,7 +335,7 @@ PARSERS = {
 }
 
 # Settings that hold lists: each use of the flag adds to the list.
-LISTS = ("allow", "deny", "allow-host", "deny-host", "allow-source")
+LISTS = ("allow", "deny", "allow-host", "deny-host", "allow-source", "admin-host")
 FLAGS = ("use-original-dst-header", "admin-allow-remote")
 
 

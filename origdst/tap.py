@@ -48,6 +48,8 @@ _HELP = {
     "use-original-dst-header": "Let <header-prefix>-original-dst-host: ip:port "
     "choose the destination (still subject to the egress policy).",
     "admin-allow-remote": "Allow an --admin endpoint that is not on loopback.",
+    "admin-host": "A host name the admin interface answers to besides localhost "
+    "and its own addresses (others get 421); repeatable.",
     "workers": "Proxy processes sharing --port (a tcp: or tcp6: endpoint); the "
     "admin interface shows the first one's figures.",
     "idle-timeout": "Seconds a client connection may sit with no request; 0 = none.",
@@ -254,6 +256,6 @@ def makeService(options, reactor=None):
             listening=lambda: listener.port.getHost() if listener.port is not None else None,
             config_path=options["config"],
         )
-        AdminService(settings.admin, admin.site(state), reactor).setServiceParent(top)
+        AdminService(admin.listen_description(settings.admin), admin.site(state), reactor).setServiceParent(top)
     listener.setServiceParent(top)
     return top

@@ -73,10 +73,12 @@ class Browser:
     @ivar log_path: where Chromium's own output goes.
     """
 
-    def __init__(self, prefix, workdir, chromium=None):
+    def __init__(self, prefix, workdir, chromium=None, flags=()):
         """
         @param prefix: the command Chromium runs under, such as C{["ip", "netns", "exec", ns]}.
         @param workdir: a directory for the profile and the log.
+        @param flags: more command-line flags, such as C{--host-resolver-rules=MAP a 127.0.0.1}
+            (a name that resolves to loopback, as after DNS rebinding).
         """
         chromium = chromium or find_chromium()
         if chromium is None:
@@ -90,7 +92,7 @@ class Browser:
             os.dup2(to_browser_r, 3)
             os.dup2(from_browser_w, 4)
 
-        argv = list(prefix) + [chromium] + FLAGS + ["--user-data-dir=" + self.profile, "about:blank"]
+        argv = list(prefix) + [chromium] + FLAGS + list(flags) + ["--user-data-dir=" + self.profile, "about:blank"]
         self._log = open(self.log_path, "ab")
         try:
             self.popen = subprocess.Popen(

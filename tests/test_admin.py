@@ -7,15 +7,19 @@ the whole service on loopback ports, then twistd itself.
 import json
 import os
 import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from urllib.parse import parse_qs
 
 from twisted.application.service import Application
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python import usage
 from twisted.trial import unittest
@@ -48,7 +52,11 @@ class Response:
         return json.loads(self.body)
 
 
-def fetch(site, url, method=b"GET"):
+#: What a shell's request that changes something carries (see origdst.adminguard).
+CHANGE = {b"x-origdst-admin": b"1"}
+
+
+def fetch(site, url, method=b"GET", headers=None):
     """
     Render C{url} (path and query) of C{site} in memory, through the site's
     own resource lookup.
@@ -56,6 +64,9 @@ def fetch(site, url, method=b"GET"):
     path, _, query = url.partition("?")
     request = DummyRequest(path.encode("ascii").split(b"/")[1:])
     request.method = method
+    request.uri = url.encode("ascii")
+    for name, value in (headers or {}).items():
+        request.requestHeaders.setRawHeaders(name, [value])
     request.args = parse_qs(query.encode("ascii"), keep_blank_values=True)
     resource = site.getResourceFor(request)
     body = resource.render(request)
@@ -81,8 +92,8 @@ class EndpointTests(unittest.TestCase):
         self.upstream = self.proxy.accept_upstream()
         self.upstream.protocol.dataReceived(OK)
 
-    def get(self, url, method=b"GET"):
-        return fetch(self.site, url, method)
+    def get(self, url, method=b"GET", headers=None):
+        return fetch(self.site, url, method, headers)
 
     def test_ready(self):
         """
@@ -201,8 +212,8 @@ class EndpointTests(unittest.TestCase):
 
     def test_logging(self):
         """
-        GET lists the level; changing it takes a POST (a GET with a level is
-        405); a bad level is a 400.
+        GET lists the level; changing it takes a POST (with the header a
+        shell sends; a GET with a level is 405); a bad level is a 400.
         """
         self.addCleanup(logs.set_level, logs.level())
         self.assertEqual(self.get("/logging").text(), "active loggers:\n  origdst: debug\n")
@@ -210,10 +221,10 @@ class EndpointTests(unittest.TestCase):
         self.assertEqual(response.code, 405)
         self.assertEqual(response.header(b"allow"), "POST")
         self.assertEqual(logs.level(), "debug")
-        response = self.get("/logging?level=warn", b"POST")
+        response = self.get("/logging?level=warn", b"POST", CHANGE)
         self.assertEqual((response.code, response.text()), (200, "active loggers:\n  origdst: warn\n"))
         self.assertEqual(logs.level(), "warn")
-        self.assertEqual(self.get("/logging?level=loud", b"POST").code, 400)
+        self.assertEqual(self.get("/logging?level=loud", b"POST", CHANGE).code, 400)
         self.assertEqual(logs.level(), "warn")
 
     def test_reset_counters(self):
@@ -222,7 +233,7 @@ class EndpointTests(unittest.TestCase):
         """
         self.assertEqual(self.get("/reset_counters").code, 405)
         self.assertEqual(self.stats.downstream_rq_total, 1)
-        self.assertEqual(self.get("/reset_counters", b"POST").code, 200)
+        self.assertEqual(self.get("/reset_counters", b"POST", CHANGE).code, 200)
         self.assertEqual((self.stats.downstream_rq_total, self.stats.upstream_rq_xx[2]), (0, 0))
         self.assertIn("original_dst::10.250.0.3:80::rq_total::0", self.get("/clusters").text())
         self.assertIn("http.origdst.downstream_cx_active: 1", self.get("/stats").text())
@@ -367,6 +378,47 @@ class ServiceTests(unittest.TestCase):
             return stopping
 
         return d.addCallback(listener)
+
+    def test_unix_socket(self):
+        """
+        C{--admin unix:PATH}: the socket is made mode 660, answers a request
+        for localhost (what C{curl --unix-socket} sends), refuses another
+        Host, and is removed once the service stops.
+        """
+        directory = tempfile.mkdtemp(prefix="od-admin-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "admin.sock")
+        service, _ = self.make("--admin", "unix:" + path)
+        service.privilegedStartService()
+        service.startService()
+        stopped = []
+        self.addCleanup(lambda: stopped or service.stopService())
+        mode = os.stat(path).st_mode
+        self.assertTrue(stat.S_ISSOCK(mode))
+        self.assertEqual(stat.S_IMODE(mode), 0o660)
+
+        class Socket:
+            def endpointForURI(self, uri):
+                return UNIXClientEndpoint(global_reactor, path)
+
+        agent = Agent.usingEndpointFactory(global_reactor, Socket())
+
+        def get(url):
+            d = agent.request(b"GET", url)
+            return d.addCallback(lambda r: readBody(r).addCallback(lambda body: (r.code, body)))
+
+        d = get(b"http://localhost/ready")
+        d.addCallback(self.assertEqual, (200, b"LIVE\n"))
+        d.addCallback(lambda _: get(b"http://evil.example/config_dump"))
+        d.addCallback(lambda result: self.assertEqual(result[0], 421))
+
+        def stop(_):
+            stopped.append(True)
+            return service.stopService()
+
+        d.addCallback(stop)
+        d.addCallback(lambda _: self.assertFalse(os.path.exists(path)))
+        return d
 
     def test_admin_none(self):
         """

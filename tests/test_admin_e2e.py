@@ -10,6 +10,7 @@ watch a new destination appear on it.
 
 import json
 import os
+import shutil
 import sys
 
 from twisted.trial import unittest
@@ -34,11 +35,15 @@ PROXY_ARGS = [
 ]
 
 ADMIN = "http://127.0.0.1:%d" % ADMIN_PORT
+#: The header that lets a shell's POST change something (origdst.adminguard).
+CHANGE = {"X-Origdst-Admin": "1"}
+#: A foreign site; Chromium is told it resolves to 127.0.0.1, as after DNS rebinding.
+EVIL = "evil.example"
 
 #: Runs in namespace C: one admin request, printed as JSON.
 FETCH = """
 import json, sys, urllib.error, urllib.request
-request = urllib.request.Request(sys.argv[1], method=sys.argv[2])
+request = urllib.request.Request(sys.argv[1], method=sys.argv[2], headers=json.loads(sys.argv[3]))
 try:
     response = urllib.request.urlopen(request, timeout=10)
 except urllib.error.HTTPError as e:
@@ -75,14 +80,14 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
 
     # -- helpers ---------------------------------------------------------------------
 
-    def admin(self, path, method="GET"):
+    def admin(self, path, method="GET", headers=None):
         """
         One request to the admin endpoint, from inside namespace C.
 
         @return: C{(status, body text)}.
         """
-        proc = self.topology.exec(self.topology.client,
-                                  [sys.executable, "-c", FETCH, ADMIN + path, method])
+        proc = self.topology.exec(self.topology.client, [
+            sys.executable, "-c", FETCH, ADMIN + path, method, json.dumps(headers or {})])
         answer = json.loads(proc.stdout)
         return answer["status"], answer["body"]
 
@@ -190,9 +195,9 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
         self.assertIn('envoy_http_downstream_rq_xx{envoy_response_code_class="2",'
                       'envoy_http_conn_manager_prefix="origdst"} 7\n', text)
         self.assertEqual(self.admin("/logging?level=debug")[0], 405)
-        self.assertEqual(self.admin("/logging?level=debug", "POST"),
+        self.assertEqual(self.admin("/logging?level=debug", "POST", CHANGE),
                          (200, "active loggers:\n  origdst: debug\n"))
-        self.assertEqual(self.admin("/logging?level=info", "POST")[0], 200)
+        self.assertEqual(self.admin("/logging?level=info", "POST", CHANGE)[0], 200)
 
     def test_2_page_shows_new_destination(self):
         """
@@ -230,6 +235,121 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
             page.screenshot(session, os.environ["ORIGDST_SCREENSHOT"])
         # Nothing on the page failed: no error banner.
         self.assertEqual(page.evaluate(session, "document.getElementById('error').style.display"), "none")
+
+    def curl(self, *args):
+        """
+        One request with curl, from inside namespace C.
+
+        @return: C{(status, headers by lower-case name, body text)}.
+        """
+        if shutil.which("curl") is None:
+            raise unittest.SkipTest("curl is not installed")
+        proc = self.topology.exec(self.topology.client, ["curl", "-sS", "-i", "--max-time", "10"] + list(args))
+        # Text mode has turned each CRLF into a newline.
+        head, _, body = proc.stdout.partition("\n\n")
+        lines = head.split("\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(lines[0].split()[1]), headers, body
+
+    def level(self):
+        status, body = self.admin("/logging")
+        self.assertEqual(status, 200)
+        return body.split("origdst: ")[1].strip()
+
+    def test_3_curlRefusedAndAllowed(self):
+        """
+        With curl: a cross-site form POST (Origin http://evil.example) to /logging and
+        /reset_counters, the same with only a Referer, a POST without X-Origdst-Admin, a CORS
+        preflight and Host evil.example on /config_dump are all refused and change nothing;
+        the proxy logs them. curl -X POST -H 'X-Origdst-Admin: 1' changes the level and
+        resets the counters.
+        """
+        before = self.stats()["http.origdst.downstream_rq_total"]
+        self.assertGreater(before, 0)
+        form = ["-H", "Origin: http://%s" % EVIL, "-H", "Content-Type: application/x-www-form-urlencoded",
+                "--data", "level=debug"]
+        for path in ("/logging?level=debug", "/reset_counters"):
+            status, _, body = self.curl(*form + [ADMIN + path])
+            self.assertEqual(status, 403, body)
+            self.assertIn("Cross-site request refused: Origin 'http://evil.example'", body)
+            status, _, body = self.curl("-X", "POST", "-H", "Referer: http://%s/" % EVIL,
+                                        "-H", "X-Origdst-Admin: 1", ADMIN + path)
+            self.assertEqual(status, 403, body)
+            self.assertIn("Referer 'http://evil.example/'", body)
+            status, _, body = self.curl("-X", "POST", ADMIN + path)
+            self.assertEqual(status, 403, body)
+            self.assertIn("needs the header X-Origdst-Admin: 1", body)
+            status, headers, body = self.curl(
+                "-X", "OPTIONS", "-H", "Origin: http://%s" % EVIL, "-H", "Access-Control-Request-Method: POST",
+                "-H", "Access-Control-Request-Headers: x-origdst-admin", ADMIN + path)
+            self.assertEqual(status, 405, body)
+            self.assertEqual([h for h in headers if h.startswith("access-control")], [])
+        status, _, body = self.curl("-H", "Host: %s:%d" % (EVIL, ADMIN_PORT), ADMIN + "/config_dump")
+        self.assertEqual(status, 421, body)
+        self.assertNotIn("max-connections", body)
+        self.assertEqual(self.level(), "info")
+        self.assertEqual(self.stats()["http.origdst.downstream_rq_total"], before)
+        netns.wait_for(lambda: "Refused admin request" in self.topology.proxy_log(), 5,
+                       what="a refusal in the proxy's log")
+
+        change = ["-X", "POST", "-H", "X-Origdst-Admin: 1"]
+        status, _, body = self.curl(*change + [ADMIN + "/logging?level=debug"])
+        self.assertEqual((status, body), (200, "active loggers:\n  origdst: debug\n"))
+        self.assertEqual(self.curl(*change + [ADMIN + "/logging?level=info"])[0], 200)
+        self.assertEqual(self.curl(*change + [ADMIN + "/reset_counters"])[:1], (200,))
+        self.assertEqual(self.stats()["http.origdst.downstream_rq_total"], 0)
+        status, _, body = self.curl(ADMIN + "/config_dump")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["settings"]["admin-host"], [])
+
+    def test_4_browserCrossSiteAndRebinding(self):
+        """
+        In Chromium: a POST from script on the live page itself works. A page on
+        evil.example, a name that now resolves to 127.0.0.1, gets 421 for everything it
+        reads; its fetch with X-Origdst-Admin is stopped by the refused preflight, its
+        no-cors POST and its form POST to 127.0.0.1 are refused; nothing changes.
+        """
+        chromium = browser.find_chromium()
+        if chromium is None:
+            raise unittest.SkipTest("chromium is not installed (Debian: apt-get install chromium)")
+        self.assertEqual(self.one(netns.SERVER_V4, BACKEND_PORT), 200)
+        before = self.stats()["http.origdst.downstream_rq_total"]
+        self.assertGreater(before, 0)
+        page = browser.Browser(["ip", "netns", "exec", self.topology.client], self.topology.workdir, chromium,
+                               flags=["--host-resolver-rules=MAP %s 127.0.0.1" % EVIL])
+        self.addCleanup(page.stop)
+        self.topology.track(page)
+        post = ("fetch(%s, {method: 'POST', headers: {'X-Origdst-Admin': '1'}})"
+                ".then(r => r.text().then(t => r.status + ' ' + t), e => 'blocked: ' + e)")
+
+        own = page.open(ADMIN + "/")
+        page.wait_for(own, "document.readyState === 'complete'", 20, what="the live page")
+        self.assertEqual(page.evaluate(own, post % json.dumps("/logging?level=debug")),
+                         "200 active loggers:\n  origdst: debug\n")
+        self.assertEqual(page.evaluate(own, post % json.dumps("/logging?level=info"))[:3], "200")
+
+        evil = page.open("http://%s:%d/" % (EVIL, ADMIN_PORT))
+        text = page.wait_for(evil, "document.readyState === 'complete' && document.body.innerText", 20,
+                             what="evil.example's page")
+        self.assertIn("Misdirected request: Host 'evil.example:%d'" % ADMIN_PORT, text)
+        self.assertEqual(page.evaluate(evil, "fetch('/config_dump').then(r => r.status)"), 421)
+        self.assertRegex(page.evaluate(evil, post % json.dumps(ADMIN + "/reset_counters")), "^blocked: ")
+        self.assertEqual(page.evaluate(evil, (
+            "fetch(%s, {method: 'POST', mode: 'no-cors', body: 'level=debug', headers: "
+            "{'Content-Type': 'application/x-www-form-urlencoded'}}).then(r => r.type)")
+            % json.dumps(ADMIN + "/logging?level=debug")), "opaque")
+        page.evaluate(evil, (
+            "(() => { const f = document.createElement('form'); f.method = 'POST'; f.action = %s;"
+            " document.body.appendChild(f); f.submit(); return true; })()")
+            % json.dumps(ADMIN + "/reset_counters"))
+        text = page.wait_for(evil, "location.host === '127.0.0.1:%d' && document.readyState === 'complete'"
+                             " && document.body.innerText" % ADMIN_PORT, 20, what="the form's answer")
+        self.assertIn("Cross-site request refused: Origin 'http://evil.example:%d'" % ADMIN_PORT, text)
+        self.assertEqual(self.level(), "info")
+        self.assertEqual(self.stats()["http.origdst.downstream_rq_total"], before)
 
 
 def testSuite():
