@@ -259,7 +259,7 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
         self.assertEqual(status, 200)
         return body.split("origdst: ")[1].strip()
 
-    def test_3_curlRefusedAndAllowed(self):
+    def test_3_curl_refused_and_allowed(self):
         """
         With curl: a cross-site form POST (Origin http://evil.example) to /logging and
         /reset_counters, the same with only a Referer, a POST without X-Origdst-Admin, a CORS
@@ -292,7 +292,7 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
         self.assertNotIn("max-connections", body)
         self.assertEqual(self.level(), "info")
         self.assertEqual(self.stats()["http.origdst.downstream_rq_total"], before)
-        netns.wait_for(lambda: "Refused admin request" in self.topology.proxy_log(), 5,
+        testbed.wait_for(lambda: "Refused admin request" in self.topology.proxy_log(), 5,
                        what="a refusal in the proxy's log")
 
         change = ["-X", "POST", "-H", "X-Origdst-Admin: 1"]
@@ -305,7 +305,7 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(body)["settings"]["admin-host"], [])
 
-    def test_4_browserCrossSiteAndRebinding(self):
+    def test_4_browser_cross_site_and_rebinding(self):
         """
         In Chromium: a POST from script on the live page itself works. A page on
         evil.example, a name that now resolves to 127.0.0.1, gets 421 for everything it
@@ -315,7 +315,7 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
         chromium = browser.find_chromium()
         if chromium is None:
             raise unittest.SkipTest("chromium is not installed (Debian: apt-get install chromium)")
-        self.assertEqual(self.one(netns.SERVER_V4, BACKEND_PORT), 200)
+        self.assertEqual(self.one(testbed.SERVER_V4, BACKEND_PORT), 200)
         before = self.stats()["http.origdst.downstream_rq_total"]
         self.assertGreater(before, 0)
         page = browser.Browser(["ip", "netns", "exec", self.topology.client], self.topology.workdir, chromium,
