@@ -11,7 +11,7 @@ list allows everything.
 import ipaddress
 import os
 
-from origdst.config import parse_rule
+from origdst.readers import parse_rule
 
 
 class Policy:
