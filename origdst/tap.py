@@ -114,31 +114,35 @@ class ListenerService(Service):
     Listens in the privileged start phase, so twistd's --uid can drop root
     after binding a low port, and stops twistd with a plain message when the
     port cannot be had.
+
+    Twisted's L{StreamServerEndpointService} only logs a failure to listen
+    (unless told otherwise through a private attribute); the proxy must not
+    run on without its port.
     """
 
     name = "origdst"
 
-    def __init__(self, description, factory, reactor, shared=False):
+    def __init__(self, description, factory, reactor, endpoint=None):
         """
-        @param shared: bind with C{SO_REUSEPORT}, so that workers share the port.
+        @param description: the endpoint description, for messages; also the
+            endpoint, parsed with L{serverFromString}, unless C{endpoint} is
+            given.
+        @param endpoint: the L{IStreamServerEndpoint} to listen on, such as a
+            L{workers.ReusePortEndpoint}.
         """
         self.description = description
         self.factory = factory
         self.reactor = reactor
-        self.shared = shared
+        self.endpoint = endpoint
         self.port = None
 
     def privilegedStartService(self):
         Service.privilegedStartService(self)
-        outcome = []
-        if self.shared:
-            try:
-                outcome.append(workers.listen_shared(self.reactor, self.description, self.factory))
-            except OSError as e:
-                raise SystemExit(f"{self.name}: cannot listen on {self.description}: {e.strerror}")
-        else:
+        endpoint = self.endpoint
+        if endpoint is None:
             endpoint = serverFromString(self.reactor, self.description)
-            endpoint.listen(self.factory).addBoth(outcome.append)
+        outcome = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome or not hasattr(outcome[0], "getHost"):
             reason = outcome[0].getErrorMessage() if outcome else "no answer"
             raise SystemExit(f"{self.name}: cannot listen on {self.description}: {reason}")
@@ -212,7 +216,10 @@ def makeService(options, reactor=None):
     worker = os.environ.get(workers.WORKER)
     marker = os.environ.get(workers.MARKER, "").encode("ascii") if worker else None
     factory = ListenerFactory(cluster, settings, reactor, access_log=access_log, marker=marker)
-    listener = ListenerService(settings.port, factory, reactor, shared=settings.workers > 1)
+    endpoint = None
+    if settings.workers > 1:
+        endpoint = workers.ReusePortEndpoint.from_description(reactor, settings.port)
+    listener = ListenerService(settings.port, factory, reactor, endpoint)
     if settings.workers > 1 and not worker:
         argv = workers.worker_argv(getattr(options, "parent", None), options.argv)
         workers.WorkerPool(reactor, settings.workers, argv, factory.policy.marker).setServiceParent(top)
