@@ -110,7 +110,7 @@ SETTINGS = (
     Setting(
         "allow", readers.rules, "",
         "Destinations allowed, NETWORK[:PORTS] (10.0.0.0/8:80,443, [fd00::/8]:80, *:80); "
-        "repeatable; none means all.",
+        "repeatable; none given: all.",
         LIST,
     ),
     Setting("deny", readers.rules, "", "Destinations denied, as --allow; wins over --allow.", LIST),
@@ -121,7 +121,7 @@ SETTINGS = (
     Setting("deny-host", readers.host_patterns, "", "Host names denied, as --allow-host.", LIST),
     Setting(
         "allow-source", readers.networks, "",
-        "Client networks that may use the proxy; repeatable; none means all.", LIST,
+        "Client networks that may use the proxy; repeatable; none given: all.", LIST,
     ),
     Setting(
         "use-original-dst-header", readers.boolean, "off",

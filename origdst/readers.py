@@ -14,6 +14,11 @@ from origdst.logs import LEVELS
 
 
 def seconds(allow_zero=False):
+    """
+    @return: a reader of a duration in seconds; NaN and infinities are refused
+        (a timer cannot be set to them), and 0 unless C{allow_zero} (which
+        then means no timeout).
+    """
     def read(value):
         try:
             number = float(value)
@@ -30,6 +35,9 @@ def seconds(allow_zero=False):
 
 
 def positive_int(value):
+    """
+    A count or a size: a whole number, 1 or more.
+    """
     try:
         number = int(str(value), 10)
     except ValueError:
@@ -43,12 +51,18 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def header_name(value):
+    """
+    A header name (an RFC 9110 token), lowercased as headers are sent.
+    """
     if not isinstance(value, str) or not _TOKEN.match(value):
         raise ValueError(f"not a valid header name: {value!r}")
     return value.lower()
 
 
 def header_value(value):
+    """
+    A header value: no control characters, which would split the head.
+    """
     if (
         not isinstance(value, str)
         or not value
@@ -60,6 +74,9 @@ def header_value(value):
 
 
 def port(value):
+    """
+    A Twisted endpoint description; a bare number is a TCP port.
+    """
     value = str(value).strip()
     if not value:
         raise ValueError("empty endpoint description")
@@ -71,6 +88,10 @@ def port(value):
 
 
 def admin(value):
+    """
+    The admin endpoint, as L{port}, or C{none}; a bare number stays on
+    loopback.
+    """
     value = str(value).strip()
     if value.lower() == "none":
         return "none"
@@ -81,6 +102,9 @@ def admin(value):
 
 
 def log_level(value):
+    """
+    One of L{origdst.logs.LEVELS}; C{warning} is taken for C{warn}.
+    """
     value = str(value).strip().lower()
     if value == "warning":
         value = "warn"
@@ -88,6 +112,9 @@ def log_level(value):
 
 
 def choice(*choices):
+    """
+    @return: a reader of one of C{choices}, in any case.
+    """
     def read(value):
         value = str(value).strip().lower()
         if value not in choices:
@@ -98,6 +125,9 @@ def choice(*choices):
 
 
 def boolean(value):
+    """
+    On or off, as a config file writes it (C{on}, C{yes}, C{true}, C{1}, ...).
+    """
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -109,6 +139,9 @@ def boolean(value):
 
 
 def access_log(value):
+    """
+    A path, C{-} for stdout, or C{none}.
+    """
     value = str(value).strip()
     if not value:
         raise ValueError("empty path (none turns the access log off)")
@@ -163,6 +196,10 @@ def parse_rule(text):
 
 
 def rules(value):
+    """
+    Destination rules (see L{parse_rule}), separated by spaces or C{;}: kept
+    as texts, for the log to quote.
+    """
     items = [item for item in re.split(r"[\s;]+", str(value).strip()) if item]
     for item in items:
         parse_rule(item)
@@ -170,6 +207,9 @@ def rules(value):
 
 
 def networks(value):
+    """
+    IP networks, separated by spaces, C{,} or C{;}.
+    """
     items = [i for i in re.split(r"[\s,;]+", str(value).strip()) if i]
     for item in items:
         try:
@@ -183,6 +223,9 @@ _HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([
 
 
 def host_patterns(value):
+    """
+    Host names or C{*.suffix} patterns, lowercased and without a final dot.
+    """
     items = [i.lower().rstrip(".") for i in re.split(r"[\s,;]+", str(value).strip()) if i]
     for item in items:
         if not _HOST_PATTERN.match(item):

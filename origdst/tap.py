@@ -20,6 +20,7 @@ from origdst.stats import DRAINING, LIVE, Stats
 
 log = logger("origdst.tap")
 
+
 def _help(setting):
     if setting.kind == config.FLAG:
         return setting.help
