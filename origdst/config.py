@@ -69,7 +69,7 @@ class Setting:
         return f"<Setting {self.name}={self.default!r}>"
 
 
-# Every setting, in the order of --help. Defaults are Envoy's where Envoy has
+# Every setting, in the order the admin interface lists them. Defaults are Envoy's where Envoy has
 # one (the README's "Running" section says where origdst differs, and why).
 SETTINGS = (
     Setting(
@@ -179,6 +179,8 @@ OPTIONS = {setting.name: setting for setting in SETTINGS}
 
 
 def _settings_class():
+    # Made from the table rather than written out, so that a setting cannot
+    # be added to one and forgotten in the other.
     fields = []
     for setting in SETTINGS:
         value = setting.read(setting.default)
