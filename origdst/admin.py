@@ -93,7 +93,7 @@ class Admin:
             secrets redacted (L{adminguard.redact}).
         """
         values = dataclasses.asdict(self.settings)
-        return adminguard.redact({option: values[config.attribute(option)] for option in config.PARSERS})
+        return adminguard.redact({option: values[config.attribute(option)] for option in config.OPTIONS})
 
     def hosts(self):
         """

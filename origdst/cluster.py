@@ -111,9 +111,19 @@ class OriginalDstCluster(Service):
             "membership_healthy": len(pools),
         }
 
+    def _sweep(self):
+        # A sweep that fails is logged, and the next one still comes: a
+        # stopped sweep would keep every host ever seen.
+        try:
+            self.sweep()
+        except Exception:
+            log.failure("Cleanup sweep failed.")
+
     def startService(self):
+        # Not a TimerService: that calls at once when started, and Envoy's
+        # first sweep, like this one, comes one interval after start.
         Service.startService(self)
-        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = self.reactor
         self._sweeper.start(self.settings.cleanup_interval, now=False)
 

@@ -1,5 +1,11 @@
 """
-The settings of one origdst process: defaults, validation and the config file.
+The settings of one origdst process: one table, and everything made from it.
+
+Each setting is declared once, in L{SETTINGS}: its option name, how its text
+is read, its default and its help. From that table come the L{Settings}
+class, the twistd plugin's options and help (L{origdst.tap.Options}) and the
+config file's keys; a test holds C{conf/origdst.conf} and the README's option
+table to it.
 
 One immutable L{Settings} object is built at start-up (defaults, then the
 config file, then command-line flags) and handed down the data path, so no
@@ -11,7 +17,11 @@ import dataclasses
 import ipaddress
 import re
 
-LOG_LEVELS = ("debug", "info", "warn", "error")
+from origdst import readers
+
+# How a setting is given on the command line: C{--name VALUE}; C{--name
+# VALUE} repeated, each adding to a list; or C{--name} alone, turning it on.
+VALUE, LIST, FLAG = "value", "list", "flag"
 
 
 class ConfigError(ValueError):
@@ -20,323 +30,171 @@ class ConfigError(ValueError):
     """
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Setting:
     """
-    Everything that shapes the proxy's behaviour, with Envoy's defaults where
-    Envoy has one (see shared/DESIGN.md section 3).
+    One setting, as declared in L{SETTINGS}.
+
+    @ivar name: the long option name, also the config file's key.
+    @ivar attribute: the L{Settings} attribute (the name with underscores).
+    @ivar read: converts a text to the value, raising L{ValueError} with a
+        message that quotes the text (the name is added by L{parse}).
+    @ivar default: the default as a config file spells it; L{Settings} holds
+        C{read(default)}.
+    @ivar shown: the default as help and the README show it.
+    @ivar kind: L{VALUE}, L{LIST} or L{FLAG}.
     """
 
-    port: str = "tcp:4999"
-    # The admin endpoint (stats, /ready, the live page), or "none". Loopback
-    # only by default: it shows where the host connects and can change the
-    # log level.
-    admin: str = "tcp:9901:interface=127.0.0.1"
-    cleanup_interval: float = 5.0
-    connect_timeout: float = 5.0
-    request_timeout: float = 15.0
+    __slots__ = ("name", "attribute", "read", "default", "shown", "help", "kind")
+
+    def __init__(self, name, read, default, help, kind=VALUE):
+        self.name = name
+        self.attribute = name.replace("-", "_")
+        self.read = read
+        self.default = default
+        self.shown = default or "(none)"
+        self.help = help
+        self.kind = kind
+
+    def parse(self, value):
+        """
+        @return: C{value} converted.
+        @raise ConfigError: naming this setting and C{value} when it is bad.
+        """
+        try:
+            return self.read(value)
+        except ValueError as e:
+            raise ConfigError(f"{self.name}: {e}")
+
+    def __repr__(self):
+        return f"<Setting {self.name}={self.default!r}>"
+
+
+# Every setting, in the order the admin interface lists them. Defaults are Envoy's where Envoy has
+# one (the README's "Running" section says where origdst differs, and why).
+SETTINGS = (
+    Setting(
+        "port", readers.port, "tcp:4999",
+        "Endpoint description to listen on (a bare number means tcp:N; tcp6:N is dual-stack).",
+    ),
+    # Loopback only by default: the admin interface shows where the host
+    # connects and can change the log level.
+    Setting(
+        "admin", readers.admin, "tcp:9901:interface=127.0.0.1",
+        "Endpoint description of the admin interface (stats, /ready, the live page), "
+        "or none (a bare number means tcp:N:interface=127.0.0.1).",
+    ),
+    Setting("cleanup-interval", readers.seconds(), "5", "Seconds between sweeps that remove unused hosts."),
+    Setting("connect-timeout", readers.seconds(), "5", "Seconds to wait for an upstream connection."),
+    Setting(
+        "request-timeout", readers.seconds(allow_zero=True), "15",
+        "Seconds from the end of a request to the end of its response; 0 disables it.",
+    ),
     # Shorter than the 5 s keep-alive of Node.js and Apache, the shortest
     # common ones, so the pool closes an idle connection before the server
     # does and a reused connection is rarely already dead (Envoy's 1 h
     # default is the source of its well-known "503 UC" races).
-    upstream_idle_timeout: float = 4.0
-    server_name: str = "origdst"
-    header_prefix: str = "x-envoy"
-    log_level: str = "info"
-    log_format: str = "text"
-    cluster_name: str = "original_dst"
-    max_connections: int = 1024
-    max_pending_requests: int = 1024
-    max_request_headers_kb: int = 60
-    max_request_headers_count: int = 100
+    Setting(
+        "upstream-idle-timeout", readers.seconds(), "4", "Seconds a pooled upstream connection may stay idle."
+    ),
+    Setting("server-name", readers.header_value, "origdst", "Value of the server header sent to clients."),
+    Setting("header-prefix", readers.header_name, "x-envoy", "Prefix of the proxy's own headers."),
+    Setting("log-level", readers.log_level, "info", "debug, info, warn or error."),
+    Setting("log-format", readers.choice("text", "json"), "text", "text or json (one JSON object per line)."),
+    Setting("cluster-name", readers.header_value, "original_dst", "Name of the original-destination cluster."),
+    Setting("max-connections", readers.positive_int, "1024", "Upstream connections per host."),
+    Setting("max-pending-requests", readers.positive_int, "1024", "Requests per host waiting for a connection."),
+    Setting("max-request-headers-kb", readers.positive_int, "60", "Largest request head, in KiB (431 above)."),
+    Setting("max-request-headers-count", readers.positive_int, "100", "Most request header fields (431 above)."),
     # Egress policy, as normalised rule texts (see parse_rule); empty allow
     # lists allow everything.
-    allow: tuple = ()
-    deny: tuple = ()
-    allow_host: tuple = ()
-    deny_host: tuple = ()
-    allow_source: tuple = ()
-    use_original_dst_header: bool = False
+    Setting(
+        "allow", readers.rules, "",
+        "Destinations allowed, NETWORK[:PORTS] (10.0.0.0/8:80,443, [fd00::/8]:80, *:80); "
+        "repeatable; none given: all.",
+        LIST,
+    ),
+    Setting("deny", readers.rules, "", "Destinations denied, as --allow; wins over --allow.", LIST),
+    Setting(
+        "allow-host", readers.host_patterns, "",
+        "Host names allowed (example.com, *.example.com); repeatable.", LIST,
+    ),
+    Setting("deny-host", readers.host_patterns, "", "Host names denied, as --allow-host.", LIST),
+    Setting(
+        "allow-source", readers.networks, "",
+        "Client networks that may use the proxy; repeatable; none given: all.", LIST,
+    ),
+    Setting(
+        "use-original-dst-header", readers.boolean, "off",
+        "Let <header-prefix>-original-dst-host: ip:port choose the destination "
+        "(still subject to the egress policy).",
+        FLAG,
+    ),
     # The admin interface shows where the host connects and changes the log
     # level: a non-loopback --admin needs this explicit consent.
-    admin_allow_remote: bool = False
+    Setting(
+        "admin-allow-remote", readers.boolean, "off", "Allow an --admin endpoint that is not on loopback.", FLAG
+    ),
     # Host names the admin interface answers to besides its own addresses
     # (a guard against DNS rebinding; see origdst.adminguard).
-    admin_host: tuple = ()
-    # Proxy processes sharing the port (SO_REUSEPORT): one CPython process
-    # uses one core.
-    workers: int = 1
-    # Downstream connection idle timeout (Envoy's idle_timeout, 1 h): a client
-    # connection with no request in progress is closed after this long.
-    idle_timeout: float = 3600.0
-    # A slowloris guard Envoy leaves off: a request head must be complete
-    # this long after its first byte, else 408.
-    request_headers_timeout: float = 10.0
-    # Envoy's stream_idle_timeout: an exchange with no bytes either way for
-    # this long ends (408 before the response began, a reset after).
-    stream_idle_timeout: float = 300.0
-    # One line per request: a file, "-" for stdout, or "none" (off).
-    access_log: str = "none"
-    access_log_format: str = "envoy"
+    Setting(
+        "admin-host", readers.host_patterns, "",
+        "A host name the admin interface answers to besides localhost and its own "
+        "addresses (others get 421); repeatable.",
+        LIST,
+    ),
+    # One CPython process uses one core.
+    Setting(
+        "workers", readers.positive_int, "1",
+        "Proxy processes sharing --port (a tcp: or tcp6: endpoint); "
+        "the admin interface shows the first one's figures.",
+    ),
+    # Envoy's downstream idle_timeout (1 h).
+    Setting(
+        "idle-timeout", readers.seconds(allow_zero=True), "3600",
+        "Seconds a client connection may sit with no request; 0 = none.",
+    ),
+    # A slowloris guard Envoy leaves off.
+    Setting(
+        "request-headers-timeout", readers.seconds(allow_zero=True), "10",
+        "Seconds to receive a whole request head once it began (408 after); 0 = none.",
+    ),
+    # Envoy's stream_idle_timeout.
+    Setting(
+        "stream-idle-timeout", readers.seconds(allow_zero=True), "300",
+        "Seconds a request may see no bytes either way (408, or a reset once the "
+        "response began); 0 = none.",
+    ),
+    Setting(
+        "access-log", readers.access_log, "none",
+        "File to write one line per request to (reopened on SIGHUP), - for stdout, or none.",
+    ),
+    Setting(
+        "access-log-format", readers.choice("envoy", "json"), "envoy",
+        "envoy (Envoy's default format) or json (one object per line).",
+    ),
+)
+
+# The settings by option name, in the table's order.
+OPTIONS = {setting.name: setting for setting in SETTINGS}
 
 
-def _seconds(name, allow_zero=False):
-    def parse(value):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: not a number of seconds: {value!r}")
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ConfigError(f"{name}: not a number of seconds: {value!r}")
-        if number < 0 or (number == 0 and not allow_zero):
-            bound = "0 or more" if allow_zero else "more than 0"
-            raise ConfigError(f"{name}: must be {bound} seconds, not {value!r}")
-        return number
-
-    return parse
-
-
-def _positive_int(name):
-    def parse(value):
-        try:
-            number = int(str(value), 10)
-        except ValueError:
-            raise ConfigError(f"{name}: not a whole number: {value!r}")
-        if number < 1:
-            raise ConfigError(f"{name}: must be 1 or more, not {value!r}")
-        return number
-
-    return parse
-
-
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-def _header_name(name):
-    def parse(value):
-        if not isinstance(value, str) or not _TOKEN.match(value):
-            raise ConfigError(f"{name}: not a valid header name: {value!r}")
-        return value.lower()
-
-    return parse
-
-
-def _header_value(name):
-    def parse(value):
-        if (
-            not isinstance(value, str)
-            or not value
-            or value != value.strip()
-            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
-        ):
-            raise ConfigError(f"{name}: not a valid header value: {value!r}")
-        return value
-
-    return parse
-
-
-def _port(name):
-    def parse(value):
-        value = str(value).strip()
-        if not value:
-            raise ConfigError(f"{name}: empty endpoint description")
-        if value.isdigit():
-            if not 0 < int(value) < 65536:
-                raise ConfigError(f"{name}: port out of range: {value!r}")
-            return f"tcp:{value}"
-        return value
-
-    return parse
-
-
-def _log_level(name):
-    def parse(value):
-        value = str(value).strip().lower()
-        if value == "warning":
-            value = "warn"
-        if value not in LOG_LEVELS:
-            choices = ", ".join(LOG_LEVELS)
-            raise ConfigError(f"{name}: must be one of {choices}, not {value!r}")
-        return value
-
-    return parse
-
-
-def parse_ports(text):
+def _settings_class():
+    # Made from the table rather than written out, so that a setting cannot
+    # be added to one and forgotten in the other.
+    fields = []
+    for setting in SETTINGS:
+        value = setting.read(setting.default)
+        fields.append((setting.attribute, type(value), dataclasses.field(default=value)))
+    cls = dataclasses.make_dataclass("Settings", fields, frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = """
+    Everything that shapes the proxy's behaviour: one attribute per entry of
+    L{SETTINGS}, its default that entry's.
     """
-    @param text: C{80,443,8000-8080}.
-    @return: a frozenset of port numbers.
-    @raise ValueError: for anything else.
-    """
-    ports = set()
-    for item in text.split(","):
-        low, dash, high = item.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"bad port {item!r}")
-        first, last = int(low), int(high if dash else low)
-        if not 0 < first <= last < 65536:
-            raise ValueError(f"bad port range {item!r}")
-        ports.update(range(first, last + 1))
-    return frozenset(ports)
+    return cls
 
 
-def parse_rule(text):
-    """
-    Parse one destination rule: C{NETWORK[:PORTS]}, where NETWORK is an IPv4
-    network or address, an IPv6 one in brackets (brackets may be left out
-    when no ports follow), or C{*} for any address.
-
-    @return: C{(network, ports)}; C{network} is an L{ipaddress} network or
-        C{None} for any, C{ports} a frozenset or C{None} for any.
-    @raise ValueError: naming what is wrong.
-    """
-    address, ports = text, None
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0 or (close + 1 < len(text) and text[close + 1] != ":"):
-            raise ValueError(f"bad rule {text!r}")
-        address = text[1:close]
-        if close + 1 < len(text):
-            ports = parse_ports(text[close + 2 :])
-    elif text.count(":") == 1:
-        address, _, port_text = text.partition(":")
-        ports = parse_ports(port_text)
-    if address == "*":
-        return None, ports
-    try:
-        return ipaddress.ip_network(address, strict=False), ports
-    except ValueError:
-        raise ValueError(f"bad network {address!r} in {text!r}")
-
-
-def _items(value):
-    return [item for item in re.split(r"[\s;]+", str(value).strip()) if item]
-
-
-def _rules(name):
-    def parse(value):
-        items = _items(value)
-        for item in items:
-            try:
-                parse_rule(item)
-            except ValueError as e:
-                raise ConfigError(f"{name}: {e}")
-        return tuple(items)
-
-    return parse
-
-
-def _networks(name):
-    def parse(value):
-        items = [i for i in re.split(r"[\s,;]+", str(value).strip()) if i]
-        for item in items:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ConfigError(f"{name}: bad network {item!r}")
-        return tuple(items)
-
-    return parse
-
-
-_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*$")
-
-
-def _host_patterns(name):
-    def parse(value):
-        items = [i.lower().rstrip(".") for i in re.split(r"[\s,;]+", str(value).strip()) if i]
-        for item in items:
-            if not _HOST_PATTERN.match(item):
-                raise ConfigError(f"{name}: bad host name pattern {item!r}")
-        return tuple(items)
-
-    return parse
-
-
-def _boolean(name):
-    def parse(value):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: not true or false: {value!r}")
-
-    return parse
-
-
-def _admin(name):
-    def parse(value):
-        value = str(value).strip()
-        if value.lower() == "none":
-            return "none"
-        if value.isdigit():
-            # A bare port stays on loopback, like the default.
-            return _port(name)(value) + ":interface=127.0.0.1"
-        return _port(name)(value)
-
-    return parse
-
-
-def _choice(name, choices):
-    def parse(value):
-        value = str(value).strip().lower()
-        if value not in choices:
-            raise ConfigError(f"{name}: must be one of {', '.join(choices)}, not {value!r}")
-        return value
-
-    return parse
-
-
-def _access_log(name):
-    def parse(value):
-        value = str(value).strip()
-        if not value:
-            raise ConfigError(f"{name}: empty path (none turns the access log off)")
-        return "none" if value.lower() == "none" else value
-
-    return parse
-
-
-# Each setting's parser, by the name used on the command line and in the
-# config file; the attribute of Settings is the same name with underscores.
-PARSERS = {
-    "port": _port("port"),
-    "admin": _admin("admin"),
-    "cleanup-interval": _seconds("cleanup-interval"),
-    "connect-timeout": _seconds("connect-timeout"),
-    "request-timeout": _seconds("request-timeout", allow_zero=True),
-    "upstream-idle-timeout": _seconds("upstream-idle-timeout"),
-    "server-name": _header_value("server-name"),
-    "header-prefix": _header_name("header-prefix"),
-    "log-level": _log_level("log-level"),
-    "log-format": _choice("log-format", ("text", "json")),
-    "cluster-name": _header_value("cluster-name"),
-    "max-connections": _positive_int("max-connections"),
-    "max-pending-requests": _positive_int("max-pending-requests"),
-    "max-request-headers-kb": _positive_int("max-request-headers-kb"),
-    "max-request-headers-count": _positive_int("max-request-headers-count"),
-    "allow": _rules("allow"),
-    "deny": _rules("deny"),
-    "allow-host": _host_patterns("allow-host"),
-    "deny-host": _host_patterns("deny-host"),
-    "allow-source": _networks("allow-source"),
-    "use-original-dst-header": _boolean("use-original-dst-header"),
-    "admin-allow-remote": _boolean("admin-allow-remote"),
-    "admin-host": _host_patterns("admin-host"),
-    "workers": _positive_int("workers"),
-    "idle-timeout": _seconds("idle-timeout", allow_zero=True),
-    "request-headers-timeout": _seconds("request-headers-timeout", allow_zero=True),
-    "stream-idle-timeout": _seconds("stream-idle-timeout", allow_zero=True),
-    "access-log": _access_log("access-log"),
-    "access-log-format": _choice("access-log-format", ("envoy", "json")),
-}
-
-# Settings that hold lists: each use of the flag adds to the list.
-LISTS = ("allow", "deny", "allow-host", "deny-host", "allow-source", "admin-host")
-FLAGS = ("use-original-dst-header", "admin-allow-remote")
+Settings = _settings_class()
 
 
 _INTERFACE = re.compile(r"(?:^|:)interface=((?:\\.|[^:\\])*)")
@@ -371,21 +229,14 @@ def attribute(option):
     """
     @return: the L{Settings} attribute for a command-line option name.
     """
-    return option.replace("-", "_")
+    return OPTIONS[option].attribute
 
 
 def default(option):
     """
-    @return: the default of an option, as its command line would spell it.
+    @return: the default of an option, as help and the README show it.
     """
-    value = getattr(Settings(), attribute(option))
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple):
-        return " ".join(value) or "none"
-    return str(value)
+    return OPTIONS[option].shown
 
 
 def parse(option, value):
@@ -394,13 +245,14 @@ def parse(option, value):
 
     @raise ConfigError: naming C{option} and C{value} when it is bad.
     """
-    return PARSERS[option](value)
+    return OPTIONS[option].parse(value)
 
 
 def read_file(path):
     """
     Read an INI-style config file: one C{[origdst]} section whose keys are the
-    long option names (C{cleanup-interval = 10}).
+    long option names (C{cleanup-interval = 10}); a list setting takes its
+    entries on one line, separated by spaces.
 
     @return: a dict of option name to converted value.
     @raise ConfigError: for an unreadable file, an unknown key or a bad value.
@@ -419,7 +271,7 @@ def read_file(path):
     values = {}
     if parser.has_section("origdst"):
         for key, value in parser.items("origdst"):
-            if key not in PARSERS:
+            if key not in OPTIONS:
                 raise ConfigError(f"config: {path!r}: unknown setting {key!r}")
             try:
                 values[key] = parse(key, value)

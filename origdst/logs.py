@@ -69,8 +69,6 @@ def debug_enabled():
     return _debug
 
 
-FORMATS = ("text", "json")
-
 # Keys of Twisted's own (and legacy) events that are not fields worth a key.
 _INTERNAL = frozenset(["format", "message", "isError", "system", "time", "why", "failure"])
 

@@ -11,7 +11,7 @@ list allows everything.
 import ipaddress
 import os
 
-from origdst.config import parse_rule
+from origdst.readers import parse_rule
 
 
 class Policy:
@@ -19,11 +19,9 @@ class Policy:
     The compiled egress rules of one L{origdst.config.Settings}.
 
     @ivar marker: this process's loop marker, sent upstream in
-        L{LOOP_HEADER}; a request arriving with it has been through this very
-        proxy before.
+        L{origdst.headers.LOOP_HEADER}; a request arriving with it has been
+        through this very proxy before.
     """
-
-    LOOP_HEADER = b"x-origdst-loop"
 
     def __init__(self, settings, marker=None):
         """

@@ -20,67 +20,32 @@ from origdst.stats import DRAINING, LIVE, Stats
 
 log = logger("origdst.tap")
 
-_HELP = {
-    "port": "Endpoint description to listen on (a bare number means tcp:N; "
-    "tcp6:N is dual-stack).",
-    "cleanup-interval": "Seconds between sweeps that remove unused hosts.",
-    "connect-timeout": "Seconds to wait for an upstream connection.",
-    "request-timeout": "Seconds from the end of a request to the end of its "
-    "response; 0 disables it.",
-    "upstream-idle-timeout": "Seconds a pooled upstream connection may stay idle.",
-    "server-name": "Value of the server header sent to clients.",
-    "header-prefix": "Prefix of the proxy's own headers.",
-    "log-level": "debug, info, warn or error.",
-    "admin": "Endpoint description of the admin interface (stats, /ready, the "
-    "live page), or none (a bare number means tcp:N:interface=127.0.0.1).",
-    "log-format": "text or json (one JSON object per line).",
-    "cluster-name": "Name of the original-destination cluster.",
-    "max-connections": "Upstream connections per host.",
-    "max-pending-requests": "Requests per host waiting for a connection.",
-    "max-request-headers-kb": "Largest request head, in KiB (431 above).",
-    "max-request-headers-count": "Most request header fields (431 above).",
-    "allow": "Destinations allowed, NETWORK[:PORTS] (10.0.0.0/8:80,443, "
-    "[fd00::/8]:80, *:80); repeatable; none means all.",
-    "deny": "Destinations denied, as --allow; wins over --allow.",
-    "allow-host": "Host names allowed (example.com, *.example.com); repeatable.",
-    "deny-host": "Host names denied, as --allow-host.",
-    "allow-source": "Client networks that may use the proxy; repeatable; none means all.",
-    "use-original-dst-header": "Let <header-prefix>-original-dst-host: ip:port "
-    "choose the destination (still subject to the egress policy).",
-    "admin-allow-remote": "Allow an --admin endpoint that is not on loopback.",
-    "admin-host": "A host name the admin interface answers to besides localhost "
-    "and its own addresses (others get 421); repeatable.",
-    "workers": "Proxy processes sharing --port (a tcp: or tcp6: endpoint); the "
-    "admin interface shows the first one's figures.",
-    "idle-timeout": "Seconds a client connection may sit with no request; 0 = none.",
-    "request-headers-timeout": "Seconds to receive a whole request head once it "
-    "began (408 after); 0 = none.",
-    "stream-idle-timeout": "Seconds a request may see no bytes either way (408, "
-    "or a reset once the response began); 0 = none.",
-    "access-log": "File to write one line per request to (reopened on SIGHUP), "
-    "- for stdout, or none.",
-    "access-log-format": "envoy (Envoy's default format) or json (one object per line).",
-}
+
+def _help(setting):
+    if setting.kind == config.FLAG:
+        return setting.help
+    return f"{setting.help} [default: {setting.shown}]"
 
 
 class Options(usage.Options):
     """
-    Every setting of L{config.Settings} as a flag; C{--config FILE} reads the
-    same settings from a file, and flags given on the command line win.
+    Every setting of L{config.SETTINGS} as an option; C{--config FILE} reads
+    the same settings from a file, and options given on the command line win.
+    A list setting may be given more than once; together, its entries replace
+    the config file's.
     """
 
     optParameters = [["config", "c", None, "Config file ([origdst] section, keys are option names)."]] + [
-        [option, None, None, f"{_HELP[option]} [default: {config.default(option)}]"]
-        for option in config.PARSERS
-        if option not in config.LISTS + config.FLAGS
+        [setting.name, None, None, _help(setting)] for setting in config.SETTINGS if setting.kind == config.VALUE
     ]
-    optFlags = [[option, None, _HELP[option]] for option in config.FLAGS]
+    optFlags = [[setting.name, None, _help(setting)] for setting in config.SETTINGS if setting.kind == config.FLAG]
 
     def __init__(self):
         usage.Options.__init__(self)
         self.argv = []
-        for option in config.LISTS:
-            self[option] = None
+        for setting in config.SETTINGS:
+            if setting.kind == config.LIST:
+                self[setting.name] = None
 
     def parseOptions(self, options=None):
         # Kept as given, so that --workers can start copies of this process.
@@ -88,57 +53,61 @@ class Options(usage.Options):
         usage.Options.parseOptions(self, options)
 
     def postOptions(self):
-        values = {}
         try:
-            if self["config"] is not None:
-                values.update(config.read_file(self["config"]))
-            for option in config.FLAGS:
-                if self[option]:
-                    values[option] = True
-            for option in config.PARSERS:
-                if self[option] is not None and option not in config.FLAGS:
-                    try:
-                        values[option] = config.parse(option, self[option])
-                    except config.ConfigError as e:
-                        raise config.ConfigError(f"--{e}")
-            settings = config.build(values)
-            for option in ("port", "admin"):
-                description = getattr(settings, option)
-                if option == "admin" and description == "none":
-                    continue
-                try:
-                    serverFromString(None, description)
-                except Exception as e:
-                    raise config.ConfigError(
-                        f"--{option}: invalid endpoint description {description!r}: {e}"
-                    )
-            try:
-                config.check_admin(settings)
-            except config.ConfigError as e:
-                raise config.ConfigError(f"--{e}")
-            if settings.workers > 1:
-                try:
-                    workers.parse_tcp(settings.port)
-                except workers.UnsupportedEndpoint:
-                    raise config.ConfigError(
-                        f"--workers: {settings.workers} workers need a tcp: or tcp6: "
-                        f"--port (with at most interface= and backlog=), not {settings.port!r}"
-                    )
+            self.settings = self._settings()
         except config.ConfigError as e:
             raise usage.UsageError(str(e))
-        self.settings = settings
+
+    def _settings(self):
+        values = {}
+        if self["config"] is not None:
+            values.update(config.read_file(self["config"]))
+        for setting in config.SETTINGS:
+            given = self[setting.name]
+            if setting.kind == config.FLAG:
+                if given:
+                    values[setting.name] = True
+            elif given is not None:
+                try:
+                    values[setting.name] = setting.parse(given)
+                except config.ConfigError as e:
+                    raise config.ConfigError(f"--{e}")
+        settings = config.build(values)
+        for option in ("port", "admin"):
+            description = getattr(settings, option)
+            if option == "admin" and description == "none":
+                continue
+            try:
+                serverFromString(None, description)
+            except Exception as e:
+                raise config.ConfigError(f"--{option}: invalid endpoint description {description!r}: {e}")
+        try:
+            config.check_admin(settings)
+        except config.ConfigError as e:
+            raise config.ConfigError(f"--{e}")
+        if settings.workers > 1:
+            try:
+                workers.parse_tcp(settings.port)
+            except workers.UnsupportedEndpoint:
+                raise config.ConfigError(
+                    f"--workers: {settings.workers} workers need a tcp: or tcp6: "
+                    f"--port (with at most interface= and backlog=), not {settings.port!r}"
+                )
+        return settings
 
 
-def _list_option(option):
+def _list_option(setting):
     def add(self, value):
-        self[option] = value if self[option] is None else f"{self[option]} {value}"
+        given = self[setting.name]
+        self[setting.name] = value if given is None else f"{given} {value}"
 
-    add.__doc__ = f"{_HELP[option]} [default: {config.default(option)}]"
+    add.__doc__ = _help(setting)
     return add
 
 
-for _option in config.LISTS:
-    setattr(Options, "opt_" + _option.replace("-", "_"), _list_option(_option))
+for _setting in config.SETTINGS:
+    if _setting.kind == config.LIST:
+        setattr(Options, "opt_" + _setting.attribute, _list_option(_setting))
 
 
 class ListenerService(Service):
@@ -146,31 +115,35 @@ class ListenerService(Service):
     Listens in the privileged start phase, so twistd's --uid can drop root
     after binding a low port, and stops twistd with a plain message when the
     port cannot be had.
+
+    Twisted's L{StreamServerEndpointService} only logs a failure to listen
+    (unless told otherwise through a private attribute); the proxy must not
+    run on without its port.
     """
 
     name = "origdst"
 
-    def __init__(self, description, factory, reactor, shared=False):
+    def __init__(self, description, factory, reactor, endpoint=None):
         """
-        @param shared: bind with C{SO_REUSEPORT}, so that workers share the port.
+        @param description: the endpoint description, for messages; also the
+            endpoint, parsed with L{serverFromString}, unless C{endpoint} is
+            given.
+        @param endpoint: the L{IStreamServerEndpoint} to listen on, such as a
+            L{workers.ReusePortEndpoint}.
         """
         self.description = description
         self.factory = factory
         self.reactor = reactor
-        self.shared = shared
+        self.endpoint = endpoint
         self.port = None
 
     def privilegedStartService(self):
         Service.privilegedStartService(self)
-        outcome = []
-        if self.shared:
-            try:
-                outcome.append(workers.listen_shared(self.reactor, self.description, self.factory))
-            except OSError as e:
-                raise SystemExit(f"{self.name}: cannot listen on {self.description}: {e.strerror}")
-        else:
+        endpoint = self.endpoint
+        if endpoint is None:
             endpoint = serverFromString(self.reactor, self.description)
-            endpoint.listen(self.factory).addBoth(outcome.append)
+        outcome = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome or not hasattr(outcome[0], "getHost"):
             reason = outcome[0].getErrorMessage() if outcome else "no answer"
             raise SystemExit(f"{self.name}: cannot listen on {self.description}: {reason}")
@@ -244,7 +217,10 @@ def makeService(options, reactor=None):
     worker = os.environ.get(workers.WORKER)
     marker = os.environ.get(workers.MARKER, "").encode("ascii") if worker else None
     factory = ListenerFactory(cluster, settings, reactor, access_log=access_log, marker=marker)
-    listener = ListenerService(settings.port, factory, reactor, shared=settings.workers > 1)
+    endpoint = None
+    if settings.workers > 1:
+        endpoint = workers.ReusePortEndpoint.from_description(reactor, settings.port)
+    listener = ListenerService(settings.port, factory, reactor, endpoint)
     if settings.workers > 1 and not worker:
         argv = workers.worker_argv(getattr(options, "parent", None), options.argv)
         workers.WorkerPool(reactor, settings.workers, argv, factory.policy.marker).setServiceParent(top)

@@ -2,8 +2,8 @@
 Several proxy processes on one port (C{--workers N}).
 
 One CPython process uses one core. With N workers, the twistd process starts
-N-1 more copies of itself; each binds its own socket to the proxy's port with
-C{SO_REUSEPORT}, and the kernel spreads new connections across them. They
+N-1 more copies of itself; each listens on the proxy's port through a
+L{ReusePortEndpoint}, and the kernel spreads new connections across them. They
 share nothing but the loop marker, so a redirect loop through any of them is
 still recognised.
 """
@@ -15,7 +15,10 @@ import sys
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
+from zope.interface import implementer
 
 from origdst.logs import logger
 
@@ -66,26 +69,58 @@ def parse_tcp(description):
     return family, interface, int(args[0])
 
 
-def listen_shared(reactor, description, factory, backlog=1024):
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
     """
-    Listen on a socket of our own with C{SO_REUSEPORT}, so that every worker
-    can bind the same port.
+    A TCP server endpoint whose socket has C{SO_REUSEPORT}, so that every
+    worker can bind the same port and the kernel spreads new connections
+    over them.
 
-    @return: the listening port.
+    Twisted's TCP endpoints set C{SO_REUSEADDR} only (before 26.10, which
+    origdst does not require), so this one binds a socket of its own and
+    hands it to the reactor (L{IReactorSocket.adoptStreamPort}). A
+    C{tcp6:} one accepts IPv4 too, as Twisted's does.
     """
-    family, interface, port = parse_tcp(description)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((interface, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-        return reactor.adoptStreamPort(sock.fileno(), family, factory)
-    finally:
-        sock.close()
+
+    def __init__(self, reactor, family, interface, port, backlog=1024):
+        self.reactor = reactor
+        self.family = family
+        self.interface = interface
+        self.port = port
+        self.backlog = backlog
+
+    @classmethod
+    def from_description(cls, reactor, description):
+        """
+        @param description: a C{tcp:} or C{tcp6:} endpoint description.
+        @raise UnsupportedEndpoint: for any other (see L{parse_tcp}).
+        """
+        return cls(reactor, *parse_tcp(description))
+
+    def listen(self, factory):
+        """
+        @return: a L{Deferred} firing with the listening port, or failing
+            with L{CannotListenError} when the address cannot be bound.
+        """
+        return defer.execute(self._listen, factory)
+
+    def _listen(self, factory):
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if self.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                sock.bind((self.interface, self.port))
+                sock.listen(self.backlog)
+            except OSError as e:
+                raise CannotListenError(self.interface, self.port, e)
+            sock.setblocking(False)
+            return self.reactor.adoptStreamPort(sock.fileno(), self.family, factory)
+        finally:
+            # The reactor's port holds a duplicate of the descriptor.
+            sock.close()
 
 
 def worker_argv(twistd_options, worker_options):

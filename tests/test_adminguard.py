@@ -372,7 +372,7 @@ class SecretTests(unittest.TestCase):
             self.assertTrue(adminguard.is_secret(name), name)
         for name in ["password-file", "token-path", "server-name", "admin-host"]:
             self.assertFalse(adminguard.is_secret(name), name)
-        self.assertEqual([o for o in config.PARSERS if adminguard.is_secret(o)], [])
+        self.assertEqual([o for o in config.OPTIONS if adminguard.is_secret(o)], [])
 
     def test_unset_shown(self):
         """

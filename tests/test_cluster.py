@@ -104,3 +104,30 @@ class ClusterTests(unittest.TestCase):
         self.cluster.stopService()
         self.clock.advance(20)
         self.assertIn(("10.250.0.3", 80), self.cluster.hosts)
+
+    def test_failed_sweep_is_logged_and_the_next_runs(self):
+        """
+        A sweep that raises is logged, and sweeps go on every interval.
+        """
+        errors = []
+
+        def observer(event):
+            if "log_failure" in event:
+                errors.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        host = self.cluster.host("10.250.0.3", 80)
+        self.clock.advance(5)
+
+        def broken():
+            raise RuntimeError("close failed")
+
+        host.pool.close = broken
+        self.clock.advance(5)
+        self.assertEqual([e["log_failure"].value.args for e in errors], [("close failed",)])
+        self.flushLoggedErrors(RuntimeError)
+        self.cluster.host("10.250.0.4", 80)
+        self.clock.advance(5)
+        self.clock.advance(5)
+        self.assertNotIn(("10.250.0.4", 80), self.cluster.hosts)

@@ -2,6 +2,9 @@
 Tests for L{origdst.config} and the plugin's L{origdst.tap.Options}.
 """
 
+import os
+import re
+
 from twisted.python import usage
 from twisted.trial import unittest
 
@@ -12,7 +15,7 @@ from origdst.tap import Options
 class SettingsTests(unittest.TestCase):
     def test_defaults(self):
         """
-        The defaults are Envoy's where Envoy has one (DESIGN.md section 3).
+        The defaults are Envoy's where Envoy has one (README.rst, Running).
         """
         s = config.Settings()
         self.assertEqual(
@@ -176,8 +179,8 @@ class OptionsTests(unittest.TestCase):
         --help shows each option with its default.
         """
         text = str(Options())
-        for option in config.PARSERS:
-            self.assertIn(f"--{option}" if option in config.FLAGS else f"--{option}=", text)
+        for setting in config.SETTINGS:
+            self.assertIn(f"--{setting.name}" if setting.kind == config.FLAG else f"--{setting.name}=", text)
         self.assertIn("[default: 5]", text)
         self.assertIn("[default: tcp:4999]", text)
 
@@ -185,16 +188,99 @@ class OptionsTests(unittest.TestCase):
         """
         conf/origdst.conf, the shipped example, parses.
         """
-        import os
-
-        path = os.path.join(os.path.dirname(__file__), "..", "conf", "origdst.conf")
-        if not os.path.exists(path):
-            raise unittest.SkipTest("conf/origdst.conf is not there")
-        self.assertIsInstance(self.parse("--config", path), config.Settings)
+        self.assertIsInstance(self.parse("--config", CONF), config.Settings)
         # Uncommented, its example lines name every setting and all parse.
-        import re
-
-        with open(path) as f:
-            lines = [re.sub(r"^# ([a-z-]+ = )", r"\1", line) for line in f]
+        with open(CONF) as f:
+            lines = [re.sub(r"^# ([a-z-]+ =)", r"\1", line) for line in f]
         uncommented = self.write("".join(lines))
-        self.assertEqual(set(config.read_file(uncommented)), set(config.PARSERS))
+        self.assertEqual(set(config.read_file(uncommented)), set(config.OPTIONS))
+
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "conf", "origdst.conf")
+README = os.path.join(os.path.dirname(__file__), "..", "README.rst")
+
+
+def conf_defaults(path):
+    """
+    @return: C{(key, value)} for each commented-out setting line
+        (C{# key = value}) of a config file, in order.
+    """
+    with open(path) as f:
+        return re.findall(r"(?m)^# ([a-z][a-z0-9-]*) =(?: (.*))?$", f.read())
+
+
+def readme_options(path):
+    """
+    @return: C{(option names, default)} for each row of the README's option
+        table (the simple table whose header is C{option default meaning}).
+    """
+    with open(path) as f:
+        lines = f.read().splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.split() == ["option", "default", "meaning"]
+    )
+    border = lines[start - 1]
+    columns = [m.span() for m in re.finditer(r"=+", border)]
+    rows = []
+    for line in lines[start + 2 :]:
+        if line == border:
+            return rows
+        first = line[: columns[0][1]].strip()
+        if first:
+            names = re.findall(r"``--([a-z][a-z0-9-]*)``", first)
+            rows.append((names, line[columns[1][0] : columns[1][1]].strip()))
+    raise AssertionError("the README's option table has no closing border")
+
+
+class DocumentationTests(unittest.TestCase):
+    """
+    The shipped config file and the README's option table say what
+    L{config.SETTINGS} says.
+    """
+
+    def test_conf_lists_every_setting_with_its_default(self):
+        """
+        conf/origdst.conf shows each setting once, in a commented-out line
+        whose value is the table's default, spelt the same way.
+        """
+        found = conf_defaults(CONF)
+        self.assertEqual(sorted(key for key, _ in found), sorted(config.OPTIONS))
+        for key, value in found:
+            self.assertEqual((key, value), (key, config.OPTIONS[key].default))
+
+    def test_readme_table_lists_every_option_with_its_default(self):
+        """
+        The README's option table has a row for each setting (and --config),
+        showing the default as --help does.
+        """
+        rows = readme_options(README)
+        names = [name for row_names, _ in rows for name in row_names]
+        self.assertEqual(sorted(names), sorted(list(config.OPTIONS) + ["config"]))
+        for row_names, shown in rows:
+            for name in row_names:
+                expected = "(none)" if name == "config" else config.default(name)
+                self.assertEqual((name, shown), (name, expected))
+
+    def test_parsers_of_the_checks(self):
+        """
+        The two readers above find what they look for, and notice a wrong
+        default or a missing setting.
+        """
+        conf = self.mktemp()
+        with open(conf, "w") as f:
+            f.write("# port = 4999\n#     allow = 10.0.0.0/8\n# allow =\n[origdst]\n")
+        self.assertEqual(conf_defaults(conf), [("port", "4999"), ("allow", "")])
+        readme = self.mktemp()
+        with open(readme, "w") as f:
+            f.write(
+                "================  =======  =======\n"
+                "option            default  meaning\n"
+                "================  =======  =======\n"
+                "``--port``        5        where\n"
+                "                           more\n"
+                "``--a``, ``--b``  off      x\n"
+                "================  =======  =======\n"
+                "\n"
+                "``--c``  4\n"
+            )
+        self.assertEqual(readme_options(readme), [(["port"], "5"), (["a", "b"], "off")])

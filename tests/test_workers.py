@@ -7,10 +7,12 @@ import signal
 import socket
 import time
 
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.trial import unittest
 
-from origdst import workers
+from origdst import tap, workers
 from origdst.tap import Options
 import testbed
 
@@ -57,6 +59,23 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(argv[3:], ["-n", "--pidfile=", "--logfile=/var/log/od.log", "origdst", "--workers", "2"])
         self.assertIn("--logfile=-", workers.worker_argv(None, []))
 
+    def test_endpoint_interface(self):
+        """
+        The reuse-port endpoint is a stream server endpoint, made from a tcp:
+        or tcp6: description.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.interfaces import IStreamServerEndpoint
+        from zope.interface.verify import verifyObject
+
+        endpoint = workers.ReusePortEndpoint.from_description(reactor, "tcp6:4999:interface=\\:\\:1")
+        self.assertTrue(verifyObject(IStreamServerEndpoint, endpoint))
+        self.assertEqual((endpoint.family, endpoint.interface, endpoint.port), (socket.AF_INET6, "::1", 4999))
+        self.assertRaises(
+            workers.UnsupportedEndpoint, workers.ReusePortEndpoint.from_description, reactor, "unix:/tmp/x"
+        )
+
+    @defer.inlineCallbacks
     def test_listen_shared(self):
         """
         Two shared listeners bind the same port.
@@ -64,12 +83,49 @@ class ParseTests(unittest.TestCase):
         from twisted.internet import reactor
         from twisted.internet.protocol import ServerFactory
 
-        first = workers.listen_shared(reactor, "tcp:0:interface=127.0.0.1", ServerFactory())
+        first = yield workers.ReusePortEndpoint.from_description(
+            reactor, "tcp:0:interface=127.0.0.1"
+        ).listen(ServerFactory())
         self.addCleanup(first.stopListening)
         port = first.getHost().port
-        second = workers.listen_shared(reactor, "tcp:%d:interface=127.0.0.1" % port, ServerFactory())
+        second = yield workers.ReusePortEndpoint.from_description(
+            reactor, "tcp:%d:interface=127.0.0.1" % port
+        ).listen(ServerFactory())
         self.addCleanup(second.stopListening)
         self.assertEqual(second.getHost().port, port)
+
+    def test_port_taken(self):
+        """
+        A port held without SO_REUSEPORT cannot be shared: the endpoint's
+        Deferred fails with CannotListenError, naming the address.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ServerFactory
+
+        plain = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
+        self.addCleanup(plain.stopListening)
+        port = plain.getHost().port
+        endpoint = workers.ReusePortEndpoint(reactor, socket.AF_INET, "127.0.0.1", port)
+        failure = self.failureResultOf(endpoint.listen(ServerFactory()), CannotListenError)
+        self.assertIn("127.0.0.1:%d" % port, failure.getErrorMessage())
+
+    def test_listener_service_stops_twistd(self):
+        """
+        The proxy's listener, given a shared endpoint that cannot bind, stops
+        twistd with a plain message naming the port, not a traceback.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ServerFactory
+
+        plain = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
+        self.addCleanup(plain.stopListening)
+        description = "tcp:%d:interface=127.0.0.1" % plain.getHost().port
+        endpoint = workers.ReusePortEndpoint.from_description(reactor, description)
+        service = tap.ListenerService(description, ServerFactory(), reactor, endpoint)
+        e = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn("origdst: cannot listen on " + description, str(e))
+        self.assertIn("Address already in use", str(e))
+        self.assertIsNone(service.port)
 
 
 PROXY_PORT = 15005
