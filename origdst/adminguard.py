@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
+from origdst import config
 from origdst.logs import logger
 
 log = logger("origdst.admin")
@@ -35,10 +36,10 @@ ADMIN_HEADER_VALUE = b"1"
 #: The names that always mean this host's loopback.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
-#: Settings whose values are credentials: shown as L{REDACTED} when set. A
-#: setting named like a credential (L{is_secret}) is redacted too, so one
-#: added later is safe even if it is forgotten here.
-SECRET_SETTINGS = frozenset()
+#: Settings whose values are credentials are marked C{secret} in the
+#: settings table (L{origdst.config.SETTINGS}) and shown as L{REDACTED} when
+#: set. A setting named like a credential (L{is_secret}) is redacted too, so
+#: one added later is safe even if its mark is forgotten.
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"password|passwd|secret|token|credential|private-key|api-key")
 _UNSET = (None, "", "none", ())
@@ -53,7 +54,8 @@ def is_secret(option):
     @return: whether its value must never be served (a file's path may be:
         C{*-file} and C{*-path} settings are not secret by their name).
     """
-    if option in SECRET_SETTINGS:
+    setting = config.OPTIONS.get(option)
+    if setting is not None and setting.secret:
         return True
     return bool(_SECRET_NAME.search(option)) and not option.endswith(("-file", "-path"))
 

@@ -42,11 +42,13 @@ class Setting:
         C{read(default)}.
     @ivar shown: the default as help and the README show it.
     @ivar kind: L{VALUE}, L{LIST} or L{FLAG}.
+    @ivar secret: whether the value is a credential, never served by the
+        admin interface (a file's path is not secret; its content would be).
     """
 
-    __slots__ = ("name", "attribute", "read", "default", "shown", "help", "kind")
+    __slots__ = ("name", "attribute", "read", "default", "shown", "help", "kind", "secret")
 
-    def __init__(self, name, read, default, help, kind=VALUE):
+    def __init__(self, name, read, default, help, kind=VALUE, secret=False):
         self.name = name
         self.attribute = name.replace("-", "_")
         self.read = read
@@ -54,6 +56,7 @@ class Setting:
         self.shown = default or "(none)"
         self.help = help
         self.kind = kind
+        self.secret = secret
 
     def parse(self, value):
         """

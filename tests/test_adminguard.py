@@ -351,7 +351,7 @@ class SecretTests(unittest.TestCase):
         With server-name marked secret, its value is on no page of the
         admin, and /config_dump and /server_info say it is redacted.
         """
-        self.patch(adminguard, "SECRET_SETTINGS", frozenset(["server-name"]))
+        self.patch(config.OPTIONS["server-name"], "secret", True)
         state = Harness(self, server_name="hunter2-s3cret")
         for path, _, _ in admin.ENDPOINTS:
             for query in ("", "?format=json"):
