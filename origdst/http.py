@@ -305,7 +305,9 @@ class ProxyChannel(Protocol):
             frame = b"content-length: %d\r\n" % length
         else:
             frame = b""
-        if upgrade:
+        if upgrade and method != b"CONNECT":
+            # A CONNECT asks for a tunnel by its method (RFC 9110 section
+            # 9.3.6), not by Upgrade.
             frame += b"connection: upgrade\r\nupgrade: " + upgrade + b"\r\n"
         if b"host" in index:
             host = b""
@@ -441,7 +443,7 @@ class ProxyChannel(Protocol):
         self.pauser.resume(CONNECTING)
         if self.buf:
             data, self.buf = self.buf, b""
-            conn.transport.write(data)
+            conn.send((data,))
         if self.read_closed:
             conn.transport.loseWriteConnection()
 

@@ -133,8 +133,9 @@ class Pool:
 
     def connection_failed(self, reason):
         """
-        One attempt failed: the oldest waiting exchange gets the failure, the
-        others keep waiting for attempts still under way or busy connections.
+        One attempt failed: the oldest waiting exchange gets the failure; the
+        others keep waiting for attempts still under way or busy connections,
+        or get an attempt of their own.
         """
         self.connecting -= 1
         self.cx_connect_fail += 1
@@ -153,6 +154,11 @@ class Pool:
         )
         if self.pending:
             self.pending.popleft().failed(kind)
+        # The others were waiting for this attempt or a later one: unless
+        # attempts under way can serve them, start the next, as a lost
+        # connection does, so none is left waiting for nothing.
+        if len(self.pending) > self.connecting and self._room():
+            self._open()
 
     def release(self, conn):
         """

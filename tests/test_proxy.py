@@ -347,6 +347,26 @@ class FailureTests(unittest.TestCase):
         self.assertEqual(headers[b"connection"], [b"close"])
         self.assertFalse(client.connected)
 
+    def test_connect_failure_starts_next_attempt(self):
+        """
+        With one connection allowed, a second request waits behind the first
+        one's connect; when that connect fails, the next attempt starts for
+        the waiting request instead of leaving it to the route timeout.
+        """
+        proxy = ProxyHarness(self, request_timeout=15, max_connections=1)
+        first, first_client = proxy.client()
+        second, second_client = proxy.client(peer=("10.250.0.2", 40001))
+        first.dataReceived(GET)
+        second.dataReceived(GET)
+        self.assertEqual(len(proxy.new_attempts()), 1)
+        proxy.refuse_upstream()
+        self.assertLocalReply(first_client, 503, RESET + b"connection failure")
+        self.assertEqual(len(proxy.new_attempts()), 1)
+        self.assertEqual(second_client.value(), b"")
+        proxy.refuse_upstream()
+        self.assertLocalReply(second_client, 503, RESET + b"connection failure")
+        self.assertEqual(proxy.new_attempts(), [])
+
     def test_connect_timeout(self):
         """
         A connect that times out is a 503 naming the timeout.

@@ -3,6 +3,8 @@ Tests for upgrades (WebSocket) and CONNECT: once the server agrees, the two
 connections become one byte tunnel with flow control and half-close.
 """
 
+import re
+
 from twisted.trial import unittest
 
 from tests.test_proxy import GET, OK, ProxyHarness, parse_response
@@ -55,6 +57,16 @@ class UpgradeTests(unittest.TestCase):
         self.upstream.protocol.dataReceived(b"HTTP/1.1 200 also not parsed")
         self.assertEqual(self.upstream.value(), b"GET / HTTP/1.1\r\n\r\n not parsed")
         self.assertEqual(self.client.value(), b"HTTP/1.1 200 also not parsed")
+
+    def test_early_bytes_counted(self):
+        """
+        Bytes sent right after the upgrade request, in the same read, count as
+        sent upstream.
+        """
+        self.open_tunnel(early_client=b"\x81\x85early")
+        pool = self.proxy.cluster.host("10.250.0.3", 80).pool
+        sent = len(self.upstream.value())
+        self.assertEqual((pool.tx_bytes, self.proxy.cluster.stats.upstream_cx_tx_bytes_total), (sent, sent))
 
     def test_no_timeouts_in_tunnel(self):
         """
@@ -139,6 +151,40 @@ class ConnectTests(unittest.TestCase):
         answer = client.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 Connection established\r\n"))
         self.assertTrue(answer.endswith(b"\r\n\r\n\x16\x03\x03"))
+
+    def test_connect_head(self):
+        """
+        A CONNECT goes upstream as C{CONNECT authority HTTP/1.1} with its Host
+        and the proxy's headers, and nothing that asks for an upgrade.
+        """
+        proxy = ProxyHarness(self, request_timeout=15)
+        channel, client = proxy.client()
+        channel.dataReceived(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        head = proxy.accept_upstream().value()
+        self.assertEqual(
+            re.sub(rb"x-request-id: [^\r]*", b"x-request-id: ID", re.sub(rb"x-origdst-loop: [^\r]*", b"x-origdst-loop: M", head)),
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+            b"x-forwarded-proto: http\r\nx-request-id: ID\r\n"
+            b"x-envoy-expected-rq-timeout-ms: 15000\r\nx-origdst-loop: M\r\n\r\n",
+        )
+
+    def test_early_bytes_counted(self):
+        """
+        Bytes a client sends in the same read as its CONNECT head are counted
+        as sent upstream, like every later tunnel byte.
+        """
+        proxy = ProxyHarness(self)
+        channel, client = proxy.client()
+        channel.dataReceived(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01")
+        upstream = proxy.accept_upstream()
+        upstream.protocol.dataReceived(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        channel.dataReceived(b"late")
+        pool = proxy.cluster.host("10.250.0.3", 80).pool
+        self.assertTrue(upstream.value().endswith(b"\x16\x03\x01late"))
+        self.assertEqual(
+            (pool.tx_bytes, proxy.cluster.stats.upstream_cx_tx_bytes_total),
+            (len(upstream.value()), len(upstream.value())),
+        )
 
     def test_connect_refused(self):
         """
