@@ -19,18 +19,7 @@ from origdst import accesslog, tap
 from origdst.accesslog import AccessLog, classify
 from origdst.sockopt import NoOriginalDestination
 
-from tests.test_cluster import capture_log
-from tests.test_proxy import DEST, GET, OK, RESET, ProxyHarness, parse_response
-
-#: Envoy's default format, as a pattern with a group per field.
-ENVOY_LINE = re.compile(
-    r'^\[(?P<start_time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] '
-    r'"(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" '
-    r"(?P<response_code>\d+) (?P<response_flags>\S+) (?P<bytes_received>\d+) "
-    r"(?P<bytes_sent>\d+) (?P<duration>\d+) (?P<upstream_service_time>\S+) "
-    r'"(?P<x_forwarded_for>[^"]*)" "(?P<user_agent>(?:[^"\\]|\\.)*)" "(?P<request_id>[^"]*)" '
-    r'"(?P<authority>[^"]*)" "(?P<upstream_host>[^"]*)"\n$'
-)
+from tests.helpers import DEST, ENVOY_LINE, GET, OK, RESET, ProxyHarness, capture_log, parse_response
 
 #: A response head and the first bytes of its body.
 PARTIAL = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab"

@@ -31,8 +31,7 @@ from origdst import admin, logs, stats
 from origdst.tap import AdminService, Options, makeService
 
 import testbed
-from tests.test_cluster import capture_log
-from tests.test_proxy import DEST, GET, OK, ProxyHarness
+from tests.helpers import DEST, GET, OK, ProxyHarness, capture_log
 
 
 class Response:

@@ -3,33 +3,12 @@ Tests for L{origdst.cluster}: hosts on demand and the cleanup sweep.
 """
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from origdst import logs
 from origdst.cluster import OriginalDstCluster
 from origdst.config import Settings
 
-
-def capture_log(test):
-    """
-    @return: a list that receives the formatted origdst log messages while
-        C{test} runs, at debug level.
-    """
-    from twisted.logger import formatEvent
-
-    messages = []
-
-    def observer(event):
-        if event.get("log_namespace", "").startswith("origdst"):
-            messages.append(formatEvent(event))
-
-    previous = logs.level()
-    logs.set_level("debug")
-    globalLogPublisher.addObserver(observer)
-    test.addCleanup(globalLogPublisher.removeObserver, observer)
-    test.addCleanup(logs.set_level, previous)
-    return messages
+from tests.helpers import capture_log
 
 
 class ClusterTests(unittest.TestCase):

@@ -22,7 +22,7 @@ import signal
 import time
 
 import testbed
-from tests.test_accesslog import ENVOY_LINE
+from tests.helpers import ENVOY_LINE
 
 PROXY_PORT = 15003
 PROXIED_PORT = 80

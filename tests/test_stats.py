@@ -13,8 +13,7 @@ from origdst import stats as statsmodule
 from origdst.sockopt import NoOriginalDestination
 from origdst.stats import Stats, collect
 
-from tests.test_cluster import capture_log
-from tests.test_proxy import DEST, GET, OK, ProxyHarness, parse_response
+from tests.helpers import DEST, GET, OK, SWITCH, UPGRADE, ProxyHarness, capture_log, parse_response
 
 
 def figures(stats):
@@ -262,7 +261,6 @@ class CountingTests(unittest.TestCase):
         An upgrade's 101 counts as a 1xx on both sides, and the tunnel's
         bytes count both ways.
         """
-        from tests.test_tunnel import SWITCH, UPGRADE
 
         channel, client = self.proxy.client()
         channel.dataReceived(UPGRADE)

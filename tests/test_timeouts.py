@@ -5,8 +5,7 @@ Tests for the client-side timeouts: idle connection, request headers
 
 from twisted.trial import unittest
 
-from tests.test_cluster import capture_log
-from tests.test_proxy import GET, OK, ProxyHarness, parse_response
+from tests.helpers import GET, OK, ProxyHarness, capture_log, parse_response
 
 
 class IdleTimeoutTests(unittest.TestCase):

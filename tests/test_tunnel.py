@@ -7,16 +7,7 @@ import re
 
 from twisted.trial import unittest
 
-from tests.test_proxy import GET, OK, ProxyHarness, parse_response
-
-UPGRADE = (
-    b"GET /chat HTTP/1.1\r\nHost: 10.250.0.3\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-SWITCH = (
-    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-)
+from tests.helpers import GET, OK, SWITCH, UPGRADE, ProxyHarness, parse_response
 
 
 class UpgradeTests(unittest.TestCase):
