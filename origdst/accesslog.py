@@ -15,12 +15,14 @@ writes one JSON object per line with the same fields, typed (numbers as
 numbers, unset values as null), plus C{response_code_details},
 C{downstream_remote_address} and C{upstream_request_attempt_count}.
 
-The data path pays for the log only when it is on: L{origdst.http} checks for
-a L{AccessLog} (or a L{Record}) before doing anything for it, and the line is
-built only when the request ends. A log file is opened once, line-buffered
-(one write per line), and reopened on SIGHUP for logrotate.
+The data path pays for the log only when it is on: L{origdst.downstream} and
+L{origdst.exchange} check for a L{AccessLog} (or a L{Record}) before doing
+anything for it, and the line is built only when the request ends. A log
+file is opened once, line-buffered (one write per line), and reopened on
+SIGHUP for logrotate. A local reply's flags and details come from its
+L{origdst.replies.Reply}, never from its text.
 
-It imports only L{origdst.logs}.
+It imports only L{origdst.logs} and L{origdst.addresses}.
 """
 
 import json
@@ -30,6 +32,7 @@ import time
 
 from twisted.application.service import Service
 
+from origdst.addresses import optional
 from origdst.logs import logger
 
 log = logger("origdst.accesslog")
@@ -38,7 +41,8 @@ FORMATS = ("envoy", "json")
 
 # Response flags (Envoy's %RESPONSE_FLAGS%) and response code details
 # (%RESPONSE_CODE_DETAILS%) for the ways an exchange ends without its
-# response completing; each is a (flags, details) pair.
+# response completing; each is a (flags, details) pair. Local replies carry
+# their own (origdst.replies).
 VIA_UPSTREAM = ("-", "via_upstream")
 DOWNSTREAM_DISCONNECT = ("DC", "downstream_remote_disconnect")
 LOCAL_DISCONNECT = ("LR", "downstream_local_disconnect")
@@ -46,62 +50,6 @@ LATE_TERMINATION = ("UC", "upstream_reset_after_response_started{connection_term
 LATE_PROTOCOL_ERROR = ("UPE", "upstream_reset_after_response_started{protocol_error}")
 LATE_TIMEOUT = ("UT", "response_timeout")
 LATE_IDLE_TIMEOUT = ("SI", "stream_idle_timeout")
-
-# The reset reasons of origdst's "upstream connect error or disconnect/reset
-# before headers. reset reason: <reason>" replies, and their flags.
-_RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
-_RESET_FLAGS = {
-    b"connection failure": "UF",
-    b"connection timeout": "UF",
-    b"connection termination": "UC",
-    b"overflow": "UO",
-    b"protocol error": "UPE",
-}
-
-# Local replies whose body says what happened; anything else origdst answers
-# itself is a request it could not parse or forward (Envoy's DPE).
-_LOCAL = {
-    (503, b"no healthy upstream"): ("UH", "no_healthy_upstream"),
-    (504, b"upstream request timeout"): ("UT", "response_timeout"),
-    (408, b"stream timeout"): ("SI", "stream_idle_timeout"),
-    (408, b"request headers timeout"): ("-", "request_header_timeout"),
-    # Envoy has no flag for these: origdst's own details tell them apart.
-    (508, b"redirect loop detected"): ("-", "redirect_loop_detected"),
-    (403, b"destination denied by egress policy"): ("-", "egress_policy_denied"),
-    (403, b"source not allowed to use this proxy"): ("-", "source_not_allowed"),
-}
-
-
-def classify(status, body, retried=False, reason=None):
-    """
-    The response flags and details of a local reply.
-
-    @param body: the reply's body, which names the failure for the replies
-        Envoy has a flag for.
-    @param retried: the request was already sent again once (a reused
-        connection had been closed), so a failure now also means the retry
-        limit was reached (Envoy's C{URX}).
-    @param reason: for a refused request (400, 414, 431, 501, 505), what was
-        wrong with it.
-    @return: C{(flags, details)}.
-    """
-    if body.startswith(_RESET_PREFIX):
-        why = body[len(_RESET_PREFIX) :]
-        flags = _RESET_FLAGS.get(why, "UC")
-        if retried and flags in ("UF", "UC"):
-            flags += ",URX"
-        return flags, "upstream_reset_before_response_started{%s}" % _slug(why)
-    known = _LOCAL.get((status, body))
-    if known is not None:
-        return known
-    return "DPE", "http1.%s" % _slug(reason if reason is not None else body)
-
-
-def _slug(text):
-    if isinstance(text, bytes):
-        text = text.decode("latin-1")
-    return "_".join(text.lower().replace("-", " ").split()) or "codec_error"
-
 
 class Record:
     """
@@ -211,7 +159,7 @@ class AccessLog:
             self.out.close()
             self.out = None
 
-    # Hooks called from origdst.http, only when the log is on.
+    # Hooks called from the data path, only when the log is on.
 
     def begin(self, channel, method, target, version, fields):
         """
@@ -221,22 +169,19 @@ class AccessLog:
         """
         return Record(channel.reactor.seconds(), method, target, version, fields, channel.peer)
 
-    def local_reply(self, channel, status, body, method, reason=None):
+    def local_reply(self, channel, reply, method):
         """
-        The proxy answered the current request itself: log it now.
-
-        @param reason: what was wrong with a refused request.
+        The proxy answered the current request itself with C{reply}, an
+        L{origdst.replies.Reply}: log it now.
         """
         exchange = channel.exchange
         record = exchange.log if exchange is not None else channel.log_record
         if record is None or record.written:
             # The head could not be parsed, so there is nothing else to log.
             record = Record(channel.reactor.seconds(), None, None, None, (), channel.peer)
-        record.status = status
-        record.sent = 0 if method == b"HEAD" else len(body)
-        record.ending = classify(
-            status, body, exchange is not None and exchange.retried, reason
-        )
+        record.status = reply.status
+        record.sent = 0 if method == b"HEAD" else len(reply.body)
+        record.ending = reply.ending(exchange is not None and exchange.retried)
         self.write(record, channel, exchange)
 
     def end(self, exchange, ending=VIA_UPSTREAM):
@@ -320,7 +265,7 @@ class AccessLog:
             "authority": _text(authority),
             "upstream_host": upstream,
             "response_code_details": details,
-            "downstream_remote_address": _address(record.peer),
+            "downstream_remote_address": optional(record.peer),
             "upstream_request_attempt_count": attempts,
         }
 
@@ -383,13 +328,6 @@ def _quoted(text):
     if '"' in text or "\\" in text:
         text = text.replace("\\", "\\\\").replace('"', '\\"')
     return text
-
-
-def _address(address):
-    if address is None:
-        return None
-    host, port = address
-    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
 def from_settings(settings):

@@ -12,7 +12,7 @@ from twisted.internet.task import LoopingCall
 
 from origdst.logs import logger
 from origdst.pool import Pool
-from origdst.sockopt import host_key
+from origdst.addresses import host_port
 from origdst.stats import Stats
 
 log = logger("origdst.cluster")
@@ -59,7 +59,7 @@ class OriginalDstCluster(Service):
         """
         host = self.hosts.get((ip, port))
         if host is None:
-            key = host_key(ip, port)
+            key = host_port(ip, port)
             pool = Pool(
                 key, ip, port, self.settings, self.reactor, self.own_addresses, self.stats
             )

@@ -11,16 +11,15 @@ import itertools
 
 from twisted.internet.protocol import ServerFactory
 
-from origdst.http import NO_HEALTHY_UPSTREAM, ProxyChannel, Refusal
+from origdst import replies
+from origdst.addresses import host_port, socket_ip
+from origdst.admission import Admission
+from origdst.downstream import ProxyChannel
 from origdst.logs import debug_enabled, logger
 from origdst.policy import Policy
-from origdst.sockopt import NoOriginalDestination, host_key, original_destination, socket_ip
+from origdst.sockopt import NoOriginalDestination, original_destination
 
 log = logger("origdst.listener")
-
-NOT_REDIRECTED = Refusal(503, NO_HEALTHY_UPSTREAM)
-LOOP = Refusal(508, b"redirect loop detected")
-SOURCE_DENIED = Refusal(403, b"source not allowed to use this proxy")
 
 
 class ListenerFactory(ServerFactory):
@@ -50,6 +49,7 @@ class ListenerFactory(ServerFactory):
         self.reactor = reactor
         self.original_destination = original_destination
         self.policy = Policy(settings, marker)
+        self.admission = Admission(settings, self.policy)
         self.access_log = access_log
         self._ids = itertools.count(1)
 
@@ -60,7 +60,7 @@ class ListenerFactory(ServerFactory):
             self.reactor,
             f"[C{next(self._ids)}]",
             self.resolve_for,
-            self.policy,
+            self.admission,
         )
         if self.access_log is not None:
             channel.access_log = self.access_log
@@ -76,9 +76,9 @@ class ListenerFactory(ServerFactory):
             log.info(
                 "{tag} connection from {peer} refused: not in --allow-source.",
                 tag=channel.tag,
-                peer=host_key(*channel.peer),
+                peer=host_port(*channel.peer),
             )
-            return None, SOURCE_DENIED
+            return None, replies.SOURCE_DENIED
         try:
             ip, port = self.original_destination(transport.getHandle())
         except NoOriginalDestination as e:
@@ -88,10 +88,10 @@ class ListenerFactory(ServerFactory):
                 "it was not redirected; is the iptables REDIRECT rule in place? "
                 "Answering 503.",
                 tag=channel.tag,
-                peer=host_key(*channel.peer),
+                peer=host_port(*channel.peer),
                 error=e,
             )
-            return None, NOT_REDIRECTED
+            return None, replies.NO_HEALTHY_UPSTREAM
         local = transport.getHost()
         if (ip, port) == (socket_ip(local.host), local.port):
             log.warn(
@@ -99,15 +99,15 @@ class ListenerFactory(ServerFactory):
                 "origdst's own listening address {local}; only redirected traffic "
                 "can be proxied. Answering 508.",
                 tag=channel.tag,
-                peer=host_key(*channel.peer),
-                local=host_key(ip, port),
+                peer=host_port(*channel.peer),
+                local=host_port(ip, port),
             )
-            return None, LOOP
+            return None, replies.REDIRECT_LOOP
         if debug_enabled():
             log.debug(
                 "{tag} new connection from {peer} to original destination {dest}.",
                 tag=channel.tag,
-                peer=host_key(*channel.peer),
-                dest=host_key(ip, port),
+                peer=host_port(*channel.peer),
+                dest=host_port(ip, port),
             )
         return (ip, port), None

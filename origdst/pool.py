@@ -10,15 +10,12 @@ import collections
 
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 
+from origdst.addresses import endpoint
 from origdst.logs import debug_enabled, logger
+from origdst.replies import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
 from origdst.upstream import UpstreamFactory
 
 log = logger("origdst.pool")
-
-CONNECT_FAILURE = "connection failure"
-CONNECT_TIMEOUT = "connection timeout"
-OVERFLOW = "overflow"
-
 
 class Pool:
     """
@@ -78,8 +75,9 @@ class Pool:
 
     def request(self, exchange, fresh=False):
         """
-        Find a connection for C{exchange}; it is told with C{attached} or
-        C{failed}.
+        Find a connection for C{exchange} (an L{origdst.interfaces.IExchange});
+        it is told with C{attached}, or C{failed} and the
+        L{origdst.replies.Reply} that says why.
 
         @param fresh: skip idle connections (a retry after a reused connection
             turned out to be closed).
@@ -127,7 +125,7 @@ class Pool:
     def connection_made(self, conn):
         self.connecting -= 1
         self.connections.add(conn)
-        conn.local_address = _address(conn.transport.getHost())
+        conn.local_address = endpoint(conn.transport.getHost())
         self.own_addresses.add(conn.local_address)
         self._dispatch(conn)
 
@@ -144,16 +142,16 @@ class Pool:
         if reason.check(ConnectTimeoutError):
             # Envoy counts a connect timeout in both.
             stats.upstream_cx_connect_timeout += 1
-            kind = CONNECT_TIMEOUT
+            reply = CONNECT_TIMEOUT
         else:
-            kind = CONNECT_FAILURE
+            reply = CONNECT_FAILURE
         log.debug(
             "Connection to {key} failed: {reason}.",
             key=self.key,
             reason=reason.getErrorMessage(),
         )
         if self.pending:
-            self.pending.popleft().failed(kind)
+            self.pending.popleft().failed(reply)
         # The others were waiting for this attempt or a later one: unless
         # attempts under way can serve them, start the next, as a lost
         # connection does, so none is left waiting for nothing.
@@ -215,6 +213,3 @@ class Pool:
                 self.idle[0].idle_since + timeout - now, self._reap
             )
 
-
-def _address(address):
-    return address.host, address.port

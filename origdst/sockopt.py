@@ -11,10 +11,11 @@ the original destination of each connection it accepts.
 """
 
 import errno
-import ipaddress
 import socket
 import struct
 import sys
+
+from origdst.addresses import host_port, plain_ip, socket_ip
 
 SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
@@ -93,45 +94,6 @@ def original_destination(sock):
         raise
 
 
-def plain_ip(ip):
-    """
-    @return: C{ip} with an IPv4-mapped IPv6 address given in dotted-quad form.
-    """
-    address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
-_socket_ips = {}
-
-
-def socket_ip(ip):
-    """
-    L{plain_ip} for an address the kernel gave (a socket's peer or local
-    address): the common cases without the cost of L{ipaddress}, the rest
-    remembered, since one is looked up for every connection.
-    """
-    if ":" not in ip:
-        return ip
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    plain = _socket_ips.get(ip)
-    if plain is None:
-        if len(_socket_ips) > 4096:
-            _socket_ips.clear()
-        plain = _socket_ips[ip] = plain_ip(ip)
-    return plain
-
-
-def host_key(ip, port):
-    """
-    @return: the C{ip:port} key of a destination, IPv6 in brackets as in URLs
-        and Envoy's logs.
-    """
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def main(argv=None):
     """
     Accept connections on a port and print where each was going: the
@@ -151,13 +113,13 @@ def main(argv=None):
         while True:
             conn, peer = server.accept()
             with conn:
-                source = host_key(plain_ip(peer[0]), peer[1])
+                source = host_port(plain_ip(peer[0]), peer[1])
                 try:
                     ip, dport = original_destination(conn)
                 except NoOriginalDestination as e:
                     print(f"{source} -> no original destination ({e})")
                 else:
-                    print(f"{source} -> original destination {host_key(ip, dport)}")
+                    print(f"{source} -> original destination {host_port(ip, dport)}")
                 sys.stdout.flush()
     except KeyboardInterrupt:
         return 0

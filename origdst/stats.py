@@ -16,11 +16,14 @@ dashboards and alerts written for Envoy read origdst too:
   - C{origdst.*}: what only a transparent proxy has (connections that had no
     original destination, redirect loops refused).
 
-This module is a leaf: it imports no sibling.
+It imports only L{origdst.addresses}, another leaf.
 """
 
 import json
 import re
+
+# How admin names a listening address in stats (C{0.0.0.0_4999}).
+from origdst.addresses import stat_name as address_name  # noqa: F401
 
 HTTP_PREFIX = "origdst"
 
@@ -221,13 +224,3 @@ def as_prometheus(stats):
             labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in stat.labels)
             lines.append(f"{metric}{{{labels}}} {stat.value}\n" if labels else f"{metric} {stat.value}\n")
     return "".join(lines)
-
-
-def address_name(host, port):
-    """
-    A listening address as Envoy names it in stats: C{0.0.0.0_4999},
-    C{[__]_4999} (colons are not allowed in stat names).
-    """
-    if ":" in host:
-        return "[%s]_%d" % (host.replace(":", "_"), port)
-    return "%s_%d" % (host, port)

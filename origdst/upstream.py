@@ -13,12 +13,13 @@ from zope.interface import implementer
 from origdst import framing
 from origdst.flow import BULK_BODY, Pauser, read_size
 from origdst.headers import wants_close
+from origdst.interfaces import IUpstreamConnection
 
 # A response head larger than this is an upstream error, not a head.
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IUpstreamConnection)
 class UpstreamProtocol(Protocol):
     """
     The client side of one upstream connection.
@@ -27,8 +28,8 @@ class UpstreamProtocol(Protocol):
     HTTP exchange treats it as the end of the connection.
 
     @ivar exchange: the exchange being carried, or C{None} while idle.
-    @ivar tunnel: the client channel this connection is tunnelled to, once
-        an upgrade or CONNECT succeeded; it then only relays bytes.
+    @ivar tunnel: the L{origdst.tunnel.Tunnel} this connection is half of,
+        once an upgrade or CONNECT succeeded; it then only relays bytes.
     @ivar reused: this connection has carried an exchange before the current
         one, so a close before any response byte may be a keep-alive race.
     """
@@ -89,13 +90,13 @@ class UpstreamProtocol(Protocol):
         """
         self.request_sent = True
 
-    def start_tunnel(self, channel):
+    def start_tunnel(self, tunnel):
         """
-        Relay bytes to and from C{channel} from now on; never reused.
+        Relay bytes through C{tunnel} from now on; never reused.
         """
         self.exchange = None
         self.reusable = False
-        self.tunnel = channel
+        self.tunnel = tunnel
 
     def abort(self):
         """
@@ -111,7 +112,7 @@ class UpstreamProtocol(Protocol):
         pool.rx_bytes += len(data)
         pool.stats.upstream_cx_rx_bytes_total += len(data)
         if self.tunnel is not None:
-            self.tunnel.transport.write(data)
+            self.tunnel.from_server(data)
             return
         if self.exchange is None:
             # A server speaking out of turn on an idle connection: nothing can
@@ -172,7 +173,7 @@ class UpstreamProtocol(Protocol):
             self.exchange.response_head(status, reason, fields, index, kind, length)
             if self.tunnel is not None:
                 if buf:
-                    self.tunnel.transport.write(buf)
+                    self.tunnel.from_server(buf)
                 return None
             if self.exchange is None:
                 return None
@@ -211,7 +212,7 @@ class UpstreamProtocol(Protocol):
 
     def readConnectionLost(self):
         if self.tunnel is not None:
-            self.tunnel.transport.loseWriteConnection()
+            self.tunnel.server_read_closed()
         else:
             self.transport.loseConnection()
 
@@ -223,7 +224,7 @@ class UpstreamProtocol(Protocol):
         self.pool.connection_lost(self)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
-            tunnel.transport.loseConnection()
+            tunnel.server_lost()
             return
         exchange = self.exchange
         if exchange is None:

@@ -16,7 +16,8 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from origdst import accesslog, tap
-from origdst.accesslog import AccessLog, classify
+from origdst import replies
+from origdst.accesslog import AccessLog
 from origdst.sockopt import NoOriginalDestination
 
 from tests.helpers import DEST, ENVOY_LINE, GET, OK, RESET, ProxyHarness, capture_log, parse_response
@@ -499,18 +500,34 @@ class FlagTests(unittest.TestCase):
         self.proxy.refuse_upstream()
         self.assertEqual(self.only()["bytes_sent"], 0)
 
-    def test_classify(self):
+    def test_reset_flags(self):
         """
         Every reset reason of origdst's 503s and 502 has its flag.
         """
-        for reason, flags in [
-            (b"connection failure", "UF"),
-            (b"connection timeout", "UF"),
-            (b"connection termination", "UC"),
-            (b"overflow", "UO"),
-            (b"protocol error", "UPE"),
+        for reply, flags in [
+            (replies.CONNECT_FAILURE, "UF"),
+            (replies.CONNECT_TIMEOUT, "UF"),
+            (replies.CONNECTION_TERMINATION, "UC"),
+            (replies.OVERFLOW, "UO"),
+            (replies.PROTOCOL_ERROR, "UPE"),
         ]:
-            self.assertEqual(classify(503, RESET + reason)[0], flags)
+            self.assertTrue(reply.body.startswith(RESET))
+            self.assertEqual(reply.ending()[0], flags)
+
+    def test_flag_not_read_from_body(self):
+        """
+        The flag of a local reply comes from the catalogue: rewording the
+        reply's body does not change what the access log says of it.
+        """
+        self.patch(replies.CONNECT_FAILURE, "body", b"could not connect")
+        channel, client = self.proxy.client()
+        channel.dataReceived(GET)
+        self.proxy.refuse_upstream()
+        line = self.only()
+        self.assertEqual(
+            (line["response_code"], line["response_flags"], line["bytes_sent"]),
+            (503, "UF", len(b"could not connect")),
+        )
 
 
 class FileTests(unittest.TestCase):

@@ -9,7 +9,7 @@ import re
 from twisted.internet.error import TimeoutError
 from twisted.trial import unittest
 
-from origdst.http import Refusal
+from origdst import replies
 from origdst.sockopt import NoOriginalDestination
 
 from tests.helpers import DEST, GET, OK, RESET, ProxyHarness, capture_log, parse_response
@@ -535,11 +535,15 @@ class RefusalTests(unittest.TestCase):
         self.assertEqual(len(self.proxy.reactor.tcpClients), 1)
         self.assertTrue(any("owner match" in line for line in self.log))
 
-    def test_refusal_is_a_constant(self):
+    def test_refusal_reply_from_catalogue(self):
         """
-        Refusals carry status and body.
+        A refused connection is answered with the catalogue's reply, whatever
+        its words: the body sent is the catalogue entry's.
         """
-        self.assertEqual((Refusal(508, b"x").status, Refusal(508, b"x").body), (508, b"x"))
+        self.patch(replies.NO_HEALTHY_UPSTREAM, "body", b"reworded")
+        channel, client = self.proxy.client(destination=NoOriginalDestination("No such file"))
+        channel.dataReceived(GET)
+        self.assertEqual(parse_response(client.value())[:3:2], (503, b"reworded"))
 
 
 class PolicyTests(unittest.TestCase):

@@ -121,20 +121,3 @@ class OriginalDestinationTests(unittest.TestCase):
         except sockopt.NoOriginalDestination:
             return
         self.assertEqual(destination, accepted.getsockname())
-
-
-class FormatTests(unittest.TestCase):
-    def test_host_key(self):
-        """
-        Host keys are ip:port, IPv6 in brackets.
-        """
-        self.assertEqual(sockopt.host_key("10.250.0.3", 80), "10.250.0.3:80")
-        self.assertEqual(sockopt.host_key("fd00::3", 80), "[fd00::3]:80")
-
-    def test_plain_ip(self):
-        """
-        IPv4-mapped addresses are given in plain IPv4 form.
-        """
-        self.assertEqual(sockopt.plain_ip("::ffff:10.250.0.2"), "10.250.0.2")
-        self.assertEqual(sockopt.plain_ip("fd00:0::3"), "fd00::3")
-        self.assertEqual(sockopt.plain_ip("10.0.0.1"), "10.0.0.1")

@@ -461,10 +461,3 @@ class FormatTests(unittest.TestCase):
         stats.reset()
         self.assertEqual((stats.downstream_rq_total, stats.downstream_rq_xx[2]), (0, 0))
         self.assertEqual((stats.downstream_cx_active, stats.state), (2, statsmodule.LIVE))
-
-    def test_address_name(self):
-        """
-        Listening addresses as Envoy names them in stats.
-        """
-        self.assertEqual(statsmodule.address_name("0.0.0.0", 4999), "0.0.0.0_4999")
-        self.assertEqual(statsmodule.address_name("::", 4999), "[__]_4999")
