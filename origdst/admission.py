@@ -177,11 +177,11 @@ class Admission:
             return refused
         if refusal is not None:
             return Refused(parsed, refusal, method)
-        loop = self.loop(index, destination, peer, own_upstream)
-        if loop is not None:
-            return Refused(parsed, replies.REDIRECT_LOOP, method, LogLevel.warn, loop)
-        ip, port = routed
         policy = self.policy
+        if own_upstream or policy.marker in index.get(LOOP_HEADER, ()):
+            note = self.loop(index, destination, peer, own_upstream)
+            return Refused(parsed, replies.REDIRECT_LOOP, method, LogLevel.warn, note)
+        ip, port = routed
         denied = policy.destination_denied(ip, port) or policy.host_denied(
             index.get(b"host", (b"",))[0]
         )
@@ -194,12 +194,7 @@ class Admission:
                 denied,
             )
             return Refused(parsed, replies.EGRESS_DENIED, method, LogLevel.info, note)
-        return self.admitted(parsed, method, target, version, fields, index, kind, length, upgrade, routed)
-
-    def admitted(self, parsed, method, target, version, fields, index, kind, length, upgrade, destination):
-        """
-        @return: the L{Admitted} request, its upstream head built.
-        """
+        # Admitted: build the head it goes upstream with.
         if kind == framing.CHUNKED:
             frame = b"transfer-encoding: chunked\r\n"
         elif kind == framing.LENGTH:
@@ -215,19 +210,19 @@ class Admission:
         elif method == b"CONNECT":
             host = target
         else:
-            host = host_header(*destination)
+            host = host_header(ip, port)
         request = Admitted()
         request.parsed = parsed
         request.method = method
         request.target = target
         request.version = version
-        request.destination = destination
+        request.destination = routed
         request.kind = kind
         request.length = length
         request.upgrade = upgrade
         request.upstream_head = request_head(
             method, target, fields, index, host, self.prefix, self.timeout_ms, frame,
-            self.policy.marker,
+            policy.marker,
         )
         request.close_after = wants_close(version, index)
         # Bodies are streamed, not kept, so only a request without one can be

@@ -205,7 +205,8 @@ class ProxyChannel(Protocol):
                 log.emit(decision.level, "{tag} {note}", tag=self.tag, note=decision.note)
             self.local_reply(decision.reply, method=decision.method)
             return
-        pool = self.cluster.host(*decision.destination).pool
+        ip, port = decision.destination
+        pool = self.cluster.host(ip, port).pool
         exchange = self.exchange = Exchange(self, pool, decision)
         if debug_enabled():
             log.debug(

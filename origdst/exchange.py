@@ -18,11 +18,10 @@ from origdst.flow import connect_flow, disconnect_flow
 from origdst.headers import forwardable_trailers, informational_head, response_head
 from origdst.interfaces import IExchange
 from origdst.logs import debug_enabled, logger
+from origdst.tunnel import switch_protocols
 
 # The HTTP data path's log namespace, as before it had several modules.
 log = logger("origdst.http")
-
-HTTP11 = b"HTTP/1.1"
 
 # Stream ids: each request's log lines carry [C<connection>][S<stream>].
 _streams = itertools.count(1)
@@ -78,28 +77,10 @@ class Exchange:
     """
 
     __slots__ = (
-        "state",
-        "channel",
-        "pool",
-        "method",
-        "version",
-        "upstream_head",
-        "chunked_in",
-        "conn",
-        "early",
-        "request_done",
-        "chunked_out",
-        "close_after",
-        "replayable",
-        "retried",
-        "sent_at",
-        "upgrade",
-        "deadline",
-        "active_at",
-        "continued",
-        "continue_timer",
-        "tag",
-        "log",
+        "state", "channel", "pool", "method", "version", "upstream_head", "chunked_in",
+        "conn", "early", "request_done", "chunked_out", "close_after", "replayable",
+        "retried", "sent_at", "upgrade", "deadline", "active_at", "continued",
+        "continue_timer", "stream", "log",
     )
 
     def __init__(self, channel, pool, request):
@@ -127,11 +108,18 @@ class Exchange:
         self.continued = False
         self.continue_timer = None
         self.active_at = channel.reactor.seconds()
-        self.tag = "%s[S%d]" % (channel.tag, next(_streams))
+        self.stream = next(_streams)
         self.log = channel.log_record
         pool.stats.downstream_rq_total += 1
         if request.expect_continue:
             self.expect_continue()
+
+    @property
+    def tag(self):
+        """
+        The log tag, C{[C<n>][S<m>]}: made only when a line is logged.
+        """
+        return "%s[S%d]" % (self.channel.tag, self.stream)
 
     # The request, from the client.
 
@@ -184,10 +172,6 @@ class Exchange:
             self.channel.pauser.resume(CONNECTING_REASON)
 
     def failed(self, reply):
-        """
-        No upstream connection could be had: C{reply} is the pool's reason,
-        an L{origdst.replies.Reply}.
-        """
         log.info(
             "{tag} upstream {key}: {reason}.", tag=self.tag, key=self.pool.key, reason=reply.reason
         )
@@ -200,7 +184,7 @@ class Exchange:
             if self.continued:
                 return
             self.continued = True
-        if self.version == HTTP11:
+        if self.version == b"HTTP/1.1":
             self.channel.transport.write(informational_head(status, reason, fields, index))
 
     def expect_continue(self):
@@ -223,10 +207,17 @@ class Exchange:
         if self.log is not None:
             self.log.response(status, channel.reactor.seconds() - self.sent_at)
         if status == 101 or (self.method == b"CONNECT" and status < 300):
-            self.switch_protocols(status, reason, fields, index)
+            switch_protocols(self, status, reason, fields, index)
             return
         self.state = RESPONDING
-        self._count(status)
+        pool = self.pool
+        stats = pool.stats
+        stats.downstream_rq_xx[status // 100] += 1
+        stats.upstream_rq_xx[status // 100] += 1
+        if status >= 500:
+            pool.rq_error += 1
+        else:
+            pool.rq_success += 1
         close = self.close_after or not self.request_done
         if kind == framing.LENGTH:
             frame = b"content-length: %d\r\n" % length
@@ -235,7 +226,7 @@ class Exchange:
             lengths = index.get(b"content-length")
             if lengths and (self.method == b"HEAD" or status == 304):
                 frame = b"content-length: " + lengths[0] + b"\r\n"
-        elif self.version == HTTP11:
+        elif self.version == b"HTTP/1.1":
             frame = b"transfer-encoding: chunked\r\n"
             self.chunked_out = True
         else:
@@ -245,10 +236,15 @@ class Exchange:
             close = True
         if close:
             frame += b"connection: close\r\n"
-        elif self.version != HTTP11:
+        elif self.version != b"HTTP/1.1":
             frame += b"connection: keep-alive\r\n"
         self.close_after = close
         service_ms = int((channel.reactor.seconds() - self.sent_at) * 1000)
+        channel.transport.write(
+            response_head(
+                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
+            )
+        )
         if debug_enabled():
             log.debug(
                 "{tag} upstream headers complete: {status}, after {ms} ms.",
@@ -256,48 +252,7 @@ class Exchange:
                 status=status,
                 ms=service_ms,
             )
-        channel.transport.write(
-            response_head(
-                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
-            )
-        )
         connect_flow(self.conn.pauser, channel.transport)
-
-    def _count(self, status):
-        stats = self.pool.stats
-        stats.downstream_rq_xx[status // 100] += 1
-        stats.upstream_rq_xx[status // 100] += 1
-        if status >= 500:
-            self.pool.rq_error += 1
-        else:
-            self.pool.rq_success += 1
-
-    def switch_protocols(self, status, reason, fields, index):
-        """
-        The server accepted the client's upgrade (101) or CONNECT (2xx): pass
-        its answer on and turn both connections into one tunnel.
-        """
-        if not self.upgrade:
-            self.conn.bad_response(
-                framing.BadMessage(502, "switching protocols without an upgrade request")
-            )
-            return
-        channel = self.channel
-        self._count(status)
-        frame = b""
-        if status == 101:
-            protocol = index.get(b"upgrade", [self.upgrade])[0]
-            frame = b"connection: upgrade\r\nupgrade: " + protocol + b"\r\n"
-        service_ms = int((channel.reactor.seconds() - self.sent_at) * 1000)
-        channel.transport.write(
-            response_head(
-                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
-            )
-        )
-        log.debug("{tag} tunnel to {key} open.", tag=self.tag, key=self.pool.key)
-        conn = self.conn
-        self._finish()
-        channel.start_tunnel(conn)
 
     def response_data(self, data):
         if self.log is not None:
@@ -311,7 +266,7 @@ class Exchange:
     def response_end(self, trailers):
         if self.chunked_out:
             self.channel.transport.write(framing.last_chunk(forwardable_trailers(trailers)))
-        self._finish()
+        self.finish()
         if debug_enabled():
             log.debug("{tag} response complete.", tag=self.tag)
         self.channel.exchange_done(self)
@@ -320,9 +275,8 @@ class Exchange:
 
     def check_deadlines(self, now):
         """
-        End the exchange if its route timeout or stream idle timeout passed.
-
-        @return: the next deadline, or C{None}.
+        End the exchange if its route or stream idle timeout passed; @return:
+        the next deadline, or C{None}.
         """
         if self.deadline is not None and now >= self.deadline:
             self.timed_out()
@@ -343,12 +297,10 @@ class Exchange:
         exchange, with a 408 while the response has not begun.
         """
         log.info("{tag} upstream {key}: stream idle timeout.", tag=self.tag, key=self.pool.key)
-        responding = self.state is RESPONDING
-        self.abort()
-        if responding:
-            self.log_ending(accesslog.LATE_IDLE_TIMEOUT)
-            self.channel.close()
+        if self.state is RESPONDING:
+            self._cut(accesslog.LATE_IDLE_TIMEOUT)
         else:
+            self.abort()
             self.channel.local_reply(replies.STREAM_TIMEOUT, method=self.method)
 
     def timed_out(self):
@@ -357,23 +309,16 @@ class Exchange:
         self.pool.rq_timeout += 1
         log.info("{tag} upstream {key}: request timeout.", tag=self.tag, key=self.pool.key)
         if self.state is RESPONDING:
-            self.log_ending(accesslog.LATE_TIMEOUT)
-            self.abort()
-            self.channel.close()
+            self._cut(accesslog.LATE_TIMEOUT)
         else:
             self.upstream_reply(replies.REQUEST_TIMEOUT)
 
-    # Upstream failures, from the upstream connection.
+    # Upstream failures, from the upstream connection (see IExchange).
 
     def upstream_lost(self, response_started, reused):
-        """
-        The upstream connection closed before the response was complete.
-        """
         self.conn = None
         if self.state is RESPONDING:
-            self.log_ending(accesslog.LATE_TERMINATION)
-            self._finish()
-            self.channel.close()
+            self._cut(accesslog.LATE_TERMINATION)
         elif reused and not response_started and self.replayable and not self.retried:
             # The server closed an idle keep-alive connection just as it was
             # reused: nothing was processed, so send it once more, fresh.
@@ -386,26 +331,28 @@ class Exchange:
             self.upstream_reply(replies.CONNECTION_TERMINATION)
 
     def upstream_failed(self, error):
-        """
-        The upstream sent something that is not a valid response.
-        """
         log.info("{tag} upstream {key}: {error}.", tag=self.tag, key=self.pool.key, error=error)
         self.conn = None
         if self.state is RESPONDING:
-            self.log_ending(accesslog.LATE_PROTOCOL_ERROR)
-            self._finish()
-            self.channel.close()
+            self._cut(accesslog.LATE_PROTOCOL_ERROR)
         else:
             self.upstream_reply(replies.PROTOCOL_ERROR)
 
     # Ending.
 
     def log_ending(self, ending):
-        """
-        Tell the access log why the exchange is being cut short.
-        """
+        """Tell the access log why the exchange is being cut short."""
         if self.log is not None:
             self.log.ending = ending
+
+    def _cut(self, ending):
+        """
+        Too late for a reply, the response having begun: tell the access log
+        why, and cut the client connection, as Envoy resets the stream.
+        """
+        self.log_ending(ending)
+        self.abort()
+        self.channel.close()
 
     def upstream_reply(self, reply):
         """
@@ -428,16 +375,16 @@ class Exchange:
             return
         conn = self.conn
         waiting = self.state is CONNECTING
-        self._finish()
+        self.finish()
         if conn is not None:
             conn.abort()
         elif waiting:
             self.pool.cancel(self)
 
-    def _finish(self):
+    def finish(self):
         """
         Enter C{DONE}: stop the timers and undo the flow control between the
-        two connections.
+        two connections (the response is complete, or a tunnel takes over).
         """
         self.state = DONE
         self.deadline = None

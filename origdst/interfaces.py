@@ -83,6 +83,12 @@ class IExchange(Interface):
         End the exchange before its response is complete; idempotent.
         """
 
+    def finish():
+        """
+        End the exchange without dropping its upstream connection (the
+        response is complete, or a tunnel takes the connection over).
+        """
+
     # From the pool.
 
     def attached(conn):

@@ -10,8 +10,43 @@ side closes the other is closed too. No timeout applies to a tunnel.
 
 from zope.interface import implementer
 
+from origdst import framing
 from origdst.flow import connect_flow
+from origdst.headers import response_head
 from origdst.interfaces import ITunnel
+from origdst.logs import logger
+
+log = logger("origdst.http")
+
+
+def switch_protocols(exchange, status, reason, fields, index):
+    """
+    The server accepted the client's upgrade (101) or CONNECT (2xx): pass
+    its answer on, end the exchange, and turn both connections into one
+    tunnel. A switch nobody asked for is the server's protocol error.
+
+    @param exchange: the L{origdst.exchange.Exchange} being answered.
+    """
+    conn = exchange.conn
+    if not exchange.upgrade:
+        conn.bad_response(framing.BadMessage(502, "switching protocols without an upgrade request"))
+        return
+    pool = exchange.pool
+    pool.stats.downstream_rq_xx[status // 100] += 1
+    pool.stats.upstream_rq_xx[status // 100] += 1
+    pool.rq_success += 1
+    frame = b""
+    if status == 101:
+        protocol = index.get(b"upgrade", [exchange.upgrade])[0]
+        frame = b"connection: upgrade\r\nupgrade: " + protocol + b"\r\n"
+    channel = exchange.channel
+    service_ms = int((channel.reactor.seconds() - exchange.sent_at) * 1000)
+    channel.transport.write(
+        response_head(status, reason, fields, index, channel.server, channel.prefix, service_ms, frame)
+    )
+    log.debug("{tag} tunnel to {key} open.", tag=exchange.tag, key=pool.key)
+    exchange.finish()
+    channel.start_tunnel(conn)
 
 
 @implementer(ITunnel)
