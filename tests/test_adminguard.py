@@ -15,9 +15,8 @@ from twisted.trial import unittest
 from origdst import admin, adminguard, config, logs, stats
 from origdst.tap import Options
 
+from tests.helpers import GET, OK, ProxyHarness, capture_log
 from tests.test_admin import fetch
-from tests.test_cluster import capture_log
-from tests.test_proxy import GET, OK, ProxyHarness
 
 EVIL = b"http://evil.example"
 FORM = b"application/x-www-form-urlencoded"

@@ -3,6 +3,7 @@ Tests for L{origdst.cluster}: hosts on demand and the cleanup sweep.
 """
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from origdst.cluster import OriginalDstCluster
