@@ -169,7 +169,7 @@ def summarize(path, top=20):
 
 def _short(frame):
     """
-    "dataReceived (/work/main/origdst/http.py:170)" -> "dataReceived (origdst/http.py:170)"
+    "dataReceived (/work/main/origdst/downstream.py:139)" -> "dataReceived (origdst/downstream.py:139)"
     """
     m = re.match(r"^(.*) \((.*)\)$", frame)
     if not m:
