@@ -38,9 +38,10 @@ FIELD_LINE = re.compile(
     re.M,
 )
 
-# RFC 9112 section 3.2.1: "origin-form = absolute-path [ "?" query ]"; the
-# path and query of RFC 3986 hold no controls, spaces or non-ASCII, and RFC
-# 9110 section 4.2.5 says fragment identifiers "are not sent in requests".
+# RFC 9112 section 3.2.1: "origin-form = absolute-path [ "?" query ]"; "a
+# client MUST send only the absolute path and query components of the target
+# URI as the request-target", so no fragment; RFC 3986's path and query hold
+# no controls, spaces or non-ASCII.
 BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 
 # RFC 9110 section 7.2: "Host = uri-host [ ":" port ]", uri-host being RFC

@@ -132,7 +132,8 @@ def parse_request_head(head):
     if version not in _VERSIONS:
         # RFC 9110 section 15.6.6: "The 505 (HTTP Version Not Supported)
         # status code indicates that the server does not support, or refuses
-        # to support, the major version of HTTP that was used in the request".
+        # to support, the major version of HTTP that was used in the request
+        # message".
         if HTTP_VERSION.match(version):
             raise BadMessage(505, "unsupported HTTP version")
         raise BadMessage(400, "malformed HTTP version")
