@@ -27,7 +27,8 @@ HOP_BY_HOP = frozenset(
 # been through this very proxy before: a loop.
 LOOP_HEADER = b"x-origdst-loop"
 
-# A request id worth propagating: visible ASCII, no spaces, of a sane length.
+# A request id worth propagating: visible ASCII, no spaces, of a sane length
+# (not an RFC rule: an id goes into logs and upstream heads as it is).
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
 
 
@@ -36,6 +37,13 @@ def connection_options(index):
     @param index: a message's L{origdst.framing.index}.
     @return: the lower-case names listed in its Connection fields.
     """
+    # RFC 9110 section 7.6.1: "Connection = #connection-option",
+    # "connection-option = token"; "Intermediaries MUST parse a received
+    # Connection header field before a message is forwarded and, for each
+    # connection-option in this field, remove any header or trailer field(s)
+    # from the message with the same name as the connection-option". A list
+    # element is trimmed of OWS (RFC 9110 section 5.6.1); an empty one is
+    # ignored as it names no field.
     options = index.get(_OPTIONS)
     if options is None:
         values = index.get(b"connection")
@@ -62,6 +70,10 @@ def wants_close(version, index):
     Whether the sender of a message asked for its connection to end after it.
     """
     options = connection_options(index)
+    # RFC 9112 section 9.3: "If the "close" connection option is present [...],
+    # the connection will not persist after the current response; else, If the
+    # received protocol is HTTP/1.1 (or later), the connection will persist";
+    # an HTTP/1.0 one persists only with the "keep-alive" option.
     if version == b"HTTP/1.0":
         return b"keep-alive" not in options
     return b"close" in options
@@ -74,6 +86,9 @@ def wants_upgrade(method, version, index):
     """
     if method == b"CONNECT":
         return b"CONNECT"
+    # RFC 9110 section 7.8: "A sender of Upgrade MUST also send an "Upgrade"
+    # connection option in the Connection header field"; "A server MUST ignore
+    # an Upgrade header field that is received in an HTTP/1.0 request."
     protocols = index.get(b"upgrade")
     if protocols and version == b"HTTP/1.1" and b"upgrade" in connection_options(index):
         return protocols[0]
@@ -184,7 +199,11 @@ def response_head(status, reason, fields, index, server, prefix, service_ms, fra
 
 
 # Fields that describe framing or routing have no place in trailers, where a
-# later parser might act on them.
+# later parser might act on them. RFC 9110 section 6.5.1: "Many fields cannot
+# be processed outside the header section because their evaluation is
+# necessary prior to receiving the content, such as those that describe
+# message framing, routing, authentication, request modifiers, response
+# controls, or content format."
 _NOT_TRAILERS = HOP_BY_HOP | {
     b"host", b"trailer", b"content-encoding", b"content-type", b"content-range",
     b"authorization", b"proxy-authorization", b"cookie", b"set-cookie",

@@ -148,6 +148,11 @@ class UpstreamProtocol(Protocol):
                 if len(buf) > MAX_RESPONSE_HEAD:
                     self.bad_response(framing.BadMessage(502, "response head too large"))
                     return None
+                try:
+                    framing.check_line_ends(buf, 502, "response head")
+                except framing.BadMessage as e:
+                    self.bad_response(e)
+                    return None
                 self._buf = buf
                 return None
             head, buf = buf[:end], buf[end + 4 :]

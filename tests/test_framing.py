@@ -60,6 +60,59 @@ class ResponseHeadTests(unittest.TestCase):
             e = self.assertRaises(BadMessage, framing.parse_response_head, head)
             self.assertEqual(e.status, 502)
 
+    def test_status_code_range(self):
+        """
+        A status code outside 100-599 is refused (RFC 9110 section 15): a 0xx
+        would otherwise pass for a 1xx and be forwarded as a broken line.
+        """
+        for code in (b"000", b"099", b"600", b"999"):
+            e = self.assertRaises(BadMessage, framing.parse_response_head, b"HTTP/1.1 " + code + b" X")
+            self.assertEqual(e.status, 502, code)
+        for code in (100, 599):
+            self.assertEqual(framing.parse_response_head(b"HTTP/1.1 %d X" % code)[1], code)
+
+
+class LineEndTests(unittest.TestCase):
+    """
+    A line ends with CRLF only: a bare LF or CR in a head in progress is
+    refused at once instead of waited on.
+    """
+
+    def test_bare_lf_in_incomplete_head(self):
+        """
+        A head whose lines end in a mix of CRLF and LF never holds CRLF CRLF:
+        it is refused as soon as the bare LF is seen.
+        """
+        for buf in (
+            b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\n",
+            b"GET / HTTP/1.1\nHost: h\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+        ):
+            e = self.assertRaises(BadMessage, framing.check_incomplete_head, buf, 60 * 1024)
+            self.assertEqual((e.status, e.reason), (400, "bare LF in request head"), buf)
+
+    def test_bare_cr_in_incomplete_head(self):
+        """
+        A CR followed by anything but LF is refused; a CR as the last byte
+        so far may yet get its LF.
+        """
+        e = self.assertRaises(
+            BadMessage, framing.check_incomplete_head, b"GET / HTTP/1.1\r\nHost: h\rX", 60 * 1024
+        )
+        self.assertEqual((e.status, e.reason), (400, "bare CR in request head"))
+        for buf in (b"", b"GET / HTTP/1.1\r", b"GET / HTTP/1.1\r\nHost: h\r\n\r"):
+            framing.check_incomplete_head(buf, 60 * 1024)
+
+    def test_response_head_status(self):
+        """
+        The same check serves response heads, with the status given.
+        """
+        e = self.assertRaises(
+            BadMessage, framing.check_line_ends, b"HTTP/1.1 200 OK\n\r\n", 502, "response head"
+        )
+        self.assertEqual((e.status, e.reason), (502, "bare LF in response head"))
+
 
 class FramingTests(unittest.TestCase):
     def request(self, *fields):
@@ -165,6 +218,75 @@ class BodyReaderTests(unittest.TestCase):
             reader = BodyReader(framing.CHUNKED, 0, lambda data: None)
             self.assertRaises(BadMessage, reader.feed, wire)
 
+    def test_bare_lf_after_chunk_data(self):
+        """
+        A bare LF where the CRLF after chunk data belongs is refused at once,
+        not waited on for a second byte; a lone CR there is waited on.
+        """
+        reader = BodyReader(framing.CHUNKED, 0, lambda data: None)
+        e = self.assertRaises(BadMessage, reader.feed, b"5\r\nhello\n")
+        self.assertEqual(e.status, 400)
+        reader = BodyReader(framing.CHUNKED, 0, lambda data: None)
+        self.assertEqual(reader.feed(b"5\r\nhello\r"), b"")
+        self.assertEqual(reader.feed(b"\n0\r\n\r\nX"), b"X")
+        self.assertTrue(reader.done)
+
+    def test_bare_line_ends_in_chunk_lines(self):
+        """
+        A bare LF or CR in a size line or a trailer line is refused as soon as
+        it arrives, whatever follows.
+        """
+        for wire in (b"5\n", b"5;a\n", b"5\rhel", b"0\r\nX: 1\n", b"0\r\nX: 1\rY", b"0\n\r\n"):
+            reader = BodyReader(framing.CHUNKED, 0, lambda data: None)
+            self.assertRaises(BadMessage, reader.feed, wire)
+
+    def test_chunk_extensions(self):
+        """
+        Extensions of RFC 9112 section 7.1.1 are accepted (and dropped):
+        token names, token or quoted-string values, BWS around ";" and "=".
+        """
+        for ext in (
+            b";a",
+            b";a=b",
+            b";a=b;c;d=e",
+            b" ;a",
+            b"\t; a = b",
+            b';a=""',
+            b';a="q \\" \\\\ x"',
+            b';a="\xff obs-text"',
+            b";!#$%&'*+-.^_`|~09AZaz=!#$%&'*+-.^_`|~09AZaz",
+        ):
+            out = []
+            reader = BodyReader(framing.CHUNKED, 0, out.append)
+            rest = reader.feed(b"5" + ext + b"\r\nhello\r\n0" + ext + b"\r\n\r\nNEXT")
+            self.assertEqual((reader.done, b"".join(out), rest), (True, b"hello", b"NEXT"), ext)
+
+    def test_invalid_chunk_extensions(self):
+        """
+        Anything else after a chunk size is refused, controls above all: the
+        issue's C{5;a\\nb\\x00c} was accepted before.
+        """
+        for ext in (
+            b";a\nb\x00c",
+            b";",
+            b";a=",
+            b";=b",
+            b";a b",
+            b";a=b c",
+            b";a,b",
+            b";a=\x00",
+            b';a="\x00"',
+            b';a="x',
+            b';a="x"y',
+            b";a=\xff",
+            b" ",
+            b"\t",
+            b"x",
+        ):
+            reader = BodyReader(framing.CHUNKED, 0, lambda data: None)
+            e = self.assertRaises(BadMessage, reader.feed, b"5" + ext + b"\r\nhello\r\n0\r\n\r\n")
+            self.assertEqual(e.status, 400, ext)
+
     def test_chunk_line_too_long(self):
         """
         A size line that never ends is refused instead of buffered forever.
@@ -186,3 +308,68 @@ class BodyReaderTests(unittest.TestCase):
         self.assertEqual(b"".join(framing.encode_chunk(b"x" * 17)), b"11\r\n" + b"x" * 17 + b"\r\n")
         self.assertEqual(framing.last_chunk(), b"0\r\n\r\n")
         self.assertEqual(framing.last_chunk([(b"A", b"1")]), b"0\r\nA: 1\r\n\r\n")
+
+
+class BareLineEndThroughProxyTests(unittest.TestCase):
+    """
+    The two requests of issue 12 that used to hang until a timeout, fed to a
+    proxy channel: each gets its 400 at once and its connection closed.
+    """
+
+    def setUp(self):
+        # Imported here: the harness lives with the proxy tests.
+        from tests.test_proxy import ProxyHarness, parse_response
+
+        self.proxy = ProxyHarness(self)
+        self.parse_response = parse_response
+
+    def assertRefusedAtOnce(self, channel, client, status=400):
+        self.assertFalse(client.connected, client.value())
+        self.assertEqual(self.parse_response(client.value())[0], status)
+
+    def test_head_with_mixed_line_ends(self):
+        """
+        A head whose lines end in CRLF and bare LF never holds CRLF CRLF; it
+        was waited on until the request-headers timeout.
+        """
+        for head in (
+            b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX: 1\n\r\n",
+        ):
+            channel, client = self.proxy.client()
+            channel.dataReceived(head)
+            self.assertRefusedAtOnce(channel, client)
+        self.assertEqual(self.proxy.reactor.tcpClients, [])
+
+    def test_chunk_with_bare_lf(self):
+        """
+        A chunked body whose line ends with a bare LF is refused at once and
+        its upstream connection dropped, whether the LF ends a size line, its
+        extensions, or the chunk data (which was waited on until the stream
+        idle timeout), and whether the body comes with the head or later.
+        """
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for body in (b"5\n", b"5;a\n", b"5\r\nhello\n", b"5;a\nb\r\nhello\r\n0\r\n\r\n"):
+            channel, client = self.proxy.client()
+            channel.dataReceived(head)
+            upstream = self.proxy.accept_upstream()
+            channel.dataReceived(body)
+            self.assertRefusedAtOnce(channel, client)
+            self.assertTrue(upstream.disconnected, body)
+            channel, client = self.proxy.client()
+            channel.dataReceived(head + body)
+            self.assertRefusedAtOnce(channel, client)
+
+    def test_response_head_with_mixed_line_ends(self):
+        """
+        The same rule on the response side: a 502 at once, not a 504 when the
+        route timeout fires.
+        """
+        from tests.test_proxy import GET
+
+        channel, client = self.proxy.client()
+        channel.dataReceived(GET)
+        upstream = self.proxy.accept_upstream()
+        upstream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\n\r\n")
+        self.assertEqual(self.parse_response(client.value())[0], 502)
+        self.assertTrue(upstream.disconnected)
