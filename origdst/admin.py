@@ -31,7 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import origdst
-from origdst import adminguard, clusterstatus, config, logs, stats
+from origdst import addresses, adminguard, clusterstatus, config, logs, stats
 from origdst.adminguard import AdminGuard
 
 TEXT = b"text/plain; charset=UTF-8"
@@ -80,7 +80,7 @@ class Admin:
         listener = None
         if address is not None:
             if hasattr(address, "port"):
-                listener = stats.address_name(address.host, address.port)
+                listener = addresses.stat_name(address.host, address.port)
             else:
                 listener = re.sub(r"[^\w.\-\[\]]", "_", str(getattr(address, "name", address)))
         return stats.collect(

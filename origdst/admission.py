@@ -10,7 +10,7 @@ tested without a reactor; the client connection acts on the answer.
 
 from twisted.logger import LogLevel
 
-from origdst import framing, replies
+from origdst import framing, heads, replies
 from origdst.addresses import describe, host_header, host_port, is_ip, parse_authority
 from origdst.headers import LOOP_HEADER, request_head, wants_close, wants_upgrade
 
@@ -149,14 +149,14 @@ class Admission:
         parsed = None
         routed = destination
         try:
-            method, target, version, fields = framing.parse_request_head(head)
+            method, target, version, fields = heads.parse_request_head(head)
             parsed = (method, target, version, fields)
             if len(fields) > self.max_count:
                 raise framing.BadMessage(431, "too many request headers")
-            index = framing.index(fields)
+            index = heads.index(fields)
             kind, length = framing.request_framing(index, version)
             hosts = index.get(b"host", ())
-            framing.check_host(hosts)
+            heads.check_host(hosts)
             if version == HTTP11 and not hosts:
                 raise framing.BadMessage(400, "missing Host header")
             upgrade = wants_upgrade(method, version, index)

@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
-from origdst import accesslog, framing, replies
+from origdst import accesslog, framing, heads, replies
 from origdst.addresses import describe, socket_ip
 from origdst.admission import Admitted, rejection
 from origdst.exchange import CONNECTING_REASON, RESPONDING, Exchange
@@ -171,11 +171,11 @@ class ProxyChannel(Protocol):
             if buf[:1] in (b"\r", b"\n"):
                 # RFC 9112 section 2.2: ignore empty lines before a request.
                 buf = buf.lstrip(b"\r\n")
-            end = buf.find(framing.HEAD_END)
+            end = buf.find(heads.HEAD_END)
             if end < 0 or end > self.max_head:
                 self.buf = buf
                 try:
-                    framing.check_incomplete_head(buf[:end] if end > 0 else buf, self.max_head)
+                    heads.check_incomplete_head(buf[:end] if end > 0 else buf, self.max_head)
                 except framing.BadMessage as e:
                     self.reject(e)
                     return

@@ -11,21 +11,7 @@ a head.
 """
 
 from origdst.abnf import CHUNK_LINE, CHUNK_SIZE
-
-# The head half of the parser, imported from here by the rest of origdst.
-from origdst.heads import (  # noqa: F401
-    HEAD_END,
-    MAX_REQUEST_LINE,
-    BadMessage,
-    check_host,
-    check_incomplete_head,
-    check_line_ends,
-    index,
-    parse_block,
-    parse_fields,
-    parse_request_head,
-    parse_response_head,
-)
+from origdst.heads import BadMessage, parse_fields
 
 # What a body's length is given by (RFC 9112 section 6.3).
 NONE = "none"  # no body at all
@@ -88,7 +74,7 @@ def request_framing(headers, version=b"HTTP/1.1"):
     """
     How the body of a request is delimited.
 
-    @param headers: the request's L{index}.
+    @param headers: the request's L{origdst.heads.index}.
     @param version: the request's version; HTTP/1.0 knows no
         Transfer-Encoding, so one there is refused.
     @return: C{(kind, length)}; C{length} is only meaningful for L{LENGTH}.
@@ -124,7 +110,7 @@ def response_framing(method, status, headers):
     How the body of a response is delimited (RFC 9112 section 6.3).
 
     @param method: the request's method, since a response to HEAD has no body.
-    @param headers: the response's L{index}.
+    @param headers: the response's L{origdst.heads.index}.
     @return: C{(kind, length)}.
     @raise BadMessage: with status 502 for a response that cannot be framed.
     """

@@ -34,7 +34,7 @@ _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}\Z")
 
 def connection_options(index):
     """
-    @param index: a message's L{origdst.framing.index}.
+    @param index: a message's L{origdst.heads.index}.
     @return: the lower-case names listed in its Connection fields.
     """
     # RFC 9110 section 7.6.1: "Connection = #connection-option",

@@ -23,7 +23,6 @@ import json
 import re
 
 # How admin names a listening address in stats (C{0.0.0.0_4999}).
-from origdst.addresses import stat_name as address_name  # noqa: F401
 
 HTTP_PREFIX = "origdst"
 

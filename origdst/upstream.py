@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
-from origdst import framing
+from origdst import framing, heads
 from origdst.flow import BULK_BODY, Pauser, read_size
 from origdst.headers import wants_close
 from origdst.interfaces import IUpstreamConnection
@@ -143,13 +143,13 @@ class UpstreamProtocol(Protocol):
         """
         buf = self._buf + data if self._buf else data
         while True:
-            end = buf.find(framing.HEAD_END)
+            end = buf.find(heads.HEAD_END)
             if end < 0 or end > MAX_RESPONSE_HEAD:
                 if len(buf) > MAX_RESPONSE_HEAD:
                     self.bad_response(framing.BadMessage(502, "response head too large"))
                     return None
                 try:
-                    framing.check_line_ends(buf, 502, "response head")
+                    heads.check_line_ends(buf, 502, "response head")
                 except framing.BadMessage as e:
                     self.bad_response(e)
                     return None
@@ -157,8 +157,8 @@ class UpstreamProtocol(Protocol):
                 return None
             head, buf = buf[:end], buf[end + 4 :]
             try:
-                version, status, reason, fields = framing.parse_response_head(head)
-                index = framing.index(fields)
+                version, status, reason, fields = heads.parse_response_head(head)
+                index = heads.index(fields)
                 kind, length = framing.response_framing(self._method, status, index)
             except framing.BadMessage as e:
                 self.bad_response(e)

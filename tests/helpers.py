@@ -1,15 +1,19 @@
 """
 What several test modules share: the in-memory proxy harness, canned
-messages, a response parser, log capture and the access log's line pattern.
+messages, a response parser, log capture, the access log's line pattern and
+the in-memory rendering of admin pages.
 """
 
+import json
 import re
+from urllib.parse import parse_qs
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.test.requesthelper import DummyRequest
 
 from origdst import logs
 from origdst.cluster import OriginalDstCluster
@@ -146,3 +150,45 @@ ENVOY_LINE = re.compile(
     r'"(?P<x_forwarded_for>[^"]*)" "(?P<user_agent>(?:[^"\\]|\\.)*)" "(?P<request_id>[^"]*)" '
     r'"(?P<authority>[^"]*)" "(?P<upstream_host>[^"]*)"\n$'
 )
+
+
+class Response:
+    """
+    A response rendered by L{fetch}.
+    """
+
+    def __init__(self, code, headers, body):
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name):
+        values = self.headers.getRawHeaders(name)
+        return values[0].decode("latin-1") if values else None
+
+    def text(self):
+        return self.body.decode("utf-8")
+
+    def json(self):
+        return json.loads(self.body)
+
+
+#: What a shell's request that changes something carries (see origdst.adminguard).
+CHANGE = {b"x-origdst-admin": b"1"}
+
+
+def fetch(site, url, method=b"GET", headers=None):
+    """
+    Render C{url} (path and query) of C{site} in memory, through the site's
+    own resource lookup.
+    """
+    path, _, query = url.partition("?")
+    request = DummyRequest(path.encode("ascii").split(b"/")[1:])
+    request.method = method
+    request.uri = url.encode("ascii")
+    for name, value in (headers or {}).items():
+        request.requestHeaders.setRawHeaders(name, [value])
+    request.args = parse_qs(query.encode("ascii"), keep_blank_values=True)
+    resource = site.getResourceFor(request)
+    body = resource.render(request)
+    return Response(request.responseCode or 200, request.responseHeaders, body)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from urllib.parse import parse_qs
 
 from twisted.application.service import Application
 from twisted.internet import reactor as global_reactor
@@ -24,52 +23,13 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python import usage
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
-from twisted.web.test.requesthelper import DummyRequest
 
 import origdst
 from origdst import admin, logs, stats
 from origdst.tap import AdminService, Options, makeService
 
 import testbed
-from tests.helpers import DEST, GET, OK, ProxyHarness, capture_log
-
-
-class Response:
-    def __init__(self, code, headers, body):
-        self.code = code
-        self.headers = headers
-        self.body = body
-
-    def header(self, name):
-        values = self.headers.getRawHeaders(name)
-        return values[0].decode("latin-1") if values else None
-
-    def text(self):
-        return self.body.decode("utf-8")
-
-    def json(self):
-        return json.loads(self.body)
-
-
-#: What a shell's request that changes something carries (see origdst.adminguard).
-CHANGE = {b"x-origdst-admin": b"1"}
-
-
-def fetch(site, url, method=b"GET", headers=None):
-    """
-    Render C{url} (path and query) of C{site} in memory, through the site's
-    own resource lookup.
-    """
-    path, _, query = url.partition("?")
-    request = DummyRequest(path.encode("ascii").split(b"/")[1:])
-    request.method = method
-    request.uri = url.encode("ascii")
-    for name, value in (headers or {}).items():
-        request.requestHeaders.setRawHeaders(name, [value])
-    request.args = parse_qs(query.encode("ascii"), keep_blank_values=True)
-    resource = site.getResourceFor(request)
-    body = resource.render(request)
-    return Response(request.responseCode or 200, request.responseHeaders, body)
+from tests.helpers import CHANGE, DEST, GET, OK, ProxyHarness, capture_log, fetch
 
 
 class EndpointTests(unittest.TestCase):

@@ -16,7 +16,7 @@ from origdst import admin, adminguard, config, logs, stats
 from origdst.tap import Options
 
 from tests.helpers import GET, OK, ProxyHarness, capture_log
-from tests.test_admin import fetch
+from tests.helpers import fetch
 
 EVIL = b"http://evil.example"
 FORM = b"application/x-www-form-urlencoded"

@@ -4,7 +4,7 @@ Tests for L{origdst.framing}: heads, lengths and the chunked coding.
 
 from twisted.trial import unittest
 
-from origdst import framing
+from origdst import framing, heads
 from origdst.framing import BadMessage, BodyReader
 
 
@@ -13,12 +13,12 @@ class RequestHeadTests(unittest.TestCase):
         """
         A request head gives method, target, version and fields in order.
         """
-        method, target, version, fields = framing.parse_request_head(
+        method, target, version, fields = heads.parse_request_head(
             b"POST /a?b=c HTTP/1.1\r\nHost: x\r\nX-A:  1 \r\nx-a: 2"
         )
         self.assertEqual((method, target, version), (b"POST", b"/a?b=c", b"HTTP/1.1"))
         self.assertEqual(fields, [(b"Host", b"x"), (b"X-A", b"1"), (b"x-a", b"2")])
-        self.assertEqual(framing.index(fields)[b"x-a"], [b"1", b"2"])
+        self.assertEqual(heads.index(fields)[b"x-a"], [b"1", b"2"])
 
     def test_malformed(self):
         """
@@ -37,7 +37,7 @@ class RequestHeadTests(unittest.TestCase):
             (b"GET / HTTP/1.1\r\nX: a\nY: b", 400),
         ]
         for head, status in cases:
-            e = self.assertRaises(BadMessage, framing.parse_request_head, head)
+            e = self.assertRaises(BadMessage, heads.parse_request_head, head)
             self.assertEqual(e.status, status, head)
 
 
@@ -46,9 +46,9 @@ class ResponseHeadTests(unittest.TestCase):
         """
         A status line without a reason phrase is accepted.
         """
-        self.assertEqual(framing.parse_response_head(b"HTTP/1.1 204"), (b"HTTP/1.1", 204, b"", []))
+        self.assertEqual(heads.parse_response_head(b"HTTP/1.1 204"), (b"HTTP/1.1", 204, b"", []))
         self.assertEqual(
-            framing.parse_response_head(b"HTTP/1.0 404 Not Found\r\nA: b"),
+            heads.parse_response_head(b"HTTP/1.0 404 Not Found\r\nA: b"),
             (b"HTTP/1.0", 404, b"Not Found", [(b"A", b"b")]),
         )
 
@@ -57,7 +57,7 @@ class ResponseHeadTests(unittest.TestCase):
         A malformed response is the upstream's fault: 502.
         """
         for head in (b"HTTP/1.1 20 OK", b"ICY 200 OK", b"HTTP/1.1 200 OK\r\nbad line"):
-            e = self.assertRaises(BadMessage, framing.parse_response_head, head)
+            e = self.assertRaises(BadMessage, heads.parse_response_head, head)
             self.assertEqual(e.status, 502)
 
     def test_status_code_range(self):
@@ -66,10 +66,10 @@ class ResponseHeadTests(unittest.TestCase):
         would otherwise pass for a 1xx and be forwarded as a broken line.
         """
         for code in (b"000", b"099", b"600", b"999"):
-            e = self.assertRaises(BadMessage, framing.parse_response_head, b"HTTP/1.1 " + code + b" X")
+            e = self.assertRaises(BadMessage, heads.parse_response_head, b"HTTP/1.1 " + code + b" X")
             self.assertEqual(e.status, 502, code)
         for code in (100, 599):
-            self.assertEqual(framing.parse_response_head(b"HTTP/1.1 %d X" % code)[1], code)
+            self.assertEqual(heads.parse_response_head(b"HTTP/1.1 %d X" % code)[1], code)
 
 
 class LineEndTests(unittest.TestCase):
@@ -89,7 +89,7 @@ class LineEndTests(unittest.TestCase):
             b"GET / HTTP/1.1\nHost: h\r\n",
             b"GET / HTTP/1.1\r\nHost: h\r\n\n",
         ):
-            e = self.assertRaises(BadMessage, framing.check_incomplete_head, buf, 60 * 1024)
+            e = self.assertRaises(BadMessage, heads.check_incomplete_head, buf, 60 * 1024)
             self.assertEqual((e.status, e.reason), (400, "bare LF in request head"), buf)
 
     def test_bare_cr_in_incomplete_head(self):
@@ -98,25 +98,25 @@ class LineEndTests(unittest.TestCase):
         so far may yet get its LF.
         """
         e = self.assertRaises(
-            BadMessage, framing.check_incomplete_head, b"GET / HTTP/1.1\r\nHost: h\rX", 60 * 1024
+            BadMessage, heads.check_incomplete_head, b"GET / HTTP/1.1\r\nHost: h\rX", 60 * 1024
         )
         self.assertEqual((e.status, e.reason), (400, "bare CR in request head"))
         for buf in (b"", b"GET / HTTP/1.1\r", b"GET / HTTP/1.1\r\nHost: h\r\n\r"):
-            framing.check_incomplete_head(buf, 60 * 1024)
+            heads.check_incomplete_head(buf, 60 * 1024)
 
     def test_response_head_status(self):
         """
         The same check serves response heads, with the status given.
         """
         e = self.assertRaises(
-            BadMessage, framing.check_line_ends, b"HTTP/1.1 200 OK\n\r\n", 502, "response head"
+            BadMessage, heads.check_line_ends, b"HTTP/1.1 200 OK\n\r\n", 502, "response head"
         )
         self.assertEqual((e.status, e.reason), (502, "bare LF in response head"))
 
 
 class FramingTests(unittest.TestCase):
     def request(self, *fields):
-        return framing.request_framing(framing.index(list(fields)))
+        return framing.request_framing(heads.index(list(fields)))
 
     def test_request(self):
         """
@@ -151,7 +151,7 @@ class FramingTests(unittest.TestCase):
         HEAD, 1xx, 204 and 304 have no body; without framing the body runs to
         the end of the connection.
         """
-        idx = framing.index([(b"Content-Length", b"10")])
+        idx = heads.index([(b"Content-Length", b"10")])
         self.assertEqual(framing.response_framing(b"HEAD", 200, idx), (framing.NONE, 0))
         self.assertEqual(framing.response_framing(b"GET", 304, idx), (framing.NONE, 0))
         self.assertEqual(framing.response_framing(b"GET", 204, {}), (framing.NONE, 0))
@@ -163,7 +163,7 @@ class FramingTests(unittest.TestCase):
             framing.response_framing,
             b"GET",
             200,
-            framing.index([(b"Content-Length", b"1"), (b"Content-Length", b"2")]),
+            heads.index([(b"Content-Length", b"1"), (b"Content-Length", b"2")]),
         )
         self.assertEqual(e.status, 502)
 
@@ -318,7 +318,7 @@ class BareLineEndThroughProxyTests(unittest.TestCase):
 
     def setUp(self):
         # Imported here: the harness lives with the proxy tests.
-        from tests.test_proxy import ProxyHarness, parse_response
+        from tests.helpers import ProxyHarness, parse_response
 
         self.proxy = ProxyHarness(self)
         self.parse_response = parse_response
@@ -365,7 +365,7 @@ class BareLineEndThroughProxyTests(unittest.TestCase):
         The same rule on the response side: a 502 at once, not a 504 when the
         route timeout fires.
         """
-        from tests.test_proxy import GET
+        from tests.helpers import GET
 
         channel, client = self.proxy.client()
         channel.dataReceived(GET)

@@ -22,7 +22,7 @@ import re
 
 from twisted.trial import unittest
 
-from origdst import framing
+from origdst import framing, heads
 from origdst.framing import BadMessage, BodyReader
 
 try:
@@ -114,34 +114,34 @@ class MessageReader:
         while True:
             if not self.response and buf[:1] in (b"\r", b"\n"):
                 buf = buf.lstrip(b"\r\n")
-            end = buf.find(framing.HEAD_END)
+            end = buf.find(heads.HEAD_END)
             if self.response:
                 if end < 0 or end > MAX_RESPONSE_HEAD:
                     if len(buf) > MAX_RESPONSE_HEAD:
                         raise BadMessage(502, "response head too large")
-                    framing.check_line_ends(buf, 502, "response head")
+                    heads.check_line_ends(buf, 502, "response head")
                     self.buf = buf
                     return None
             elif end < 0 or end > MAX_HEAD:
-                framing.check_incomplete_head(buf[:end] if end > 0 else buf, MAX_HEAD)
+                heads.check_incomplete_head(buf[:end] if end > 0 else buf, MAX_HEAD)
                 self.buf = buf
                 return None
             head, buf = buf[:end], buf[end + 4 :]
             if self.response:
-                version, status, reason, fields = framing.parse_response_head(head)
-                index = framing.index(fields)
+                version, status, reason, fields = heads.parse_response_head(head)
+                index = heads.index(fields)
                 kind, length = framing.response_framing(self.method, status, index)
                 if status < 200 and status != 101:
                     continue
                 self.head = (version, status, reason, fields)
             else:
-                method, target, version, fields = framing.parse_request_head(head)
+                method, target, version, fields = heads.parse_request_head(head)
                 if len(fields) > 100:
                     raise BadMessage(431, "too many request headers")
-                index = framing.index(fields)
+                index = heads.index(fields)
                 kind, length = framing.request_framing(index, version)
                 hosts = index.get(b"host", ())
-                framing.check_host(hosts)
+                heads.check_host(hosts)
                 if version == b"HTTP/1.1" and not hosts:
                     raise BadMessage(400, "missing Host header")
                 self.head = (method, target, version, fields)
@@ -201,7 +201,7 @@ def channel_outcome(test, pieces, response=False):
     @return: what the client got, what the upstream got, and which of the two
         connections are still open.
     """
-    from tests.test_proxy import GET, ProxyHarness
+    from tests.helpers import GET, ProxyHarness
 
     proxy = ProxyHarness(test)
     channel, client = proxy.client()

@@ -6,18 +6,18 @@ import uuid
 
 from twisted.trial import unittest
 
-from origdst import framing, headers
+from origdst import headers, heads
 
 
 def fields_of(head):
     lines = head.split(b"\r\n")
     assert lines[-2:] == [b"", b""], head
-    return lines[0], framing.parse_fields(lines[1:-2])
+    return lines[0], heads.parse_fields(lines[1:-2])
 
 
 class RequestHeadTests(unittest.TestCase):
     def rewrite(self, fields, timeout_ms=15000, frame=b""):
-        index = framing.index(fields)
+        index = heads.index(fields)
         head = headers.request_head(
             b"GET", b"/p?q=1", fields, index, b"10.250.0.3", b"x-envoy", timeout_ms, frame, b"m1"
         )
@@ -57,7 +57,7 @@ class RequestHeadTests(unittest.TestCase):
         x-request-id is added, and the route timeout is advertised.
         """
         _, fields = self.rewrite([(b"Host", b"h"), (b"X-Forwarded-Proto", b"https"), (b"x-envoy-expected-rq-timeout-ms", b"1")])
-        index = framing.index(fields)
+        index = heads.index(fields)
         self.assertEqual(index[b"x-forwarded-proto"], [b"http"])
         self.assertEqual(index[b"x-envoy-expected-rq-timeout-ms"], [b"15000"])
         self.assertEqual(uuid.UUID(index[b"x-request-id"][0].decode()).version, 4)
@@ -68,9 +68,9 @@ class RequestHeadTests(unittest.TestCase):
         is replaced.
         """
         _, fields = self.rewrite([(b"Host", b"h"), (b"X-Request-Id", b"abc-123")])
-        self.assertEqual(framing.index(fields)[b"x-request-id"], [b"abc-123"])
+        self.assertEqual(heads.index(fields)[b"x-request-id"], [b"abc-123"])
         _, fields = self.rewrite([(b"Host", b"h"), (b"X-Request-Id", b"has space")])
-        new = framing.index(fields)[b"x-request-id"]
+        new = heads.index(fields)[b"x-request-id"]
         self.assertEqual(len(new), 1)
         self.assertEqual(uuid.UUID(new[0].decode()).version, 4)
 
@@ -79,7 +79,7 @@ class RequestHeadTests(unittest.TestCase):
         With the route timeout disabled, no timeout is advertised.
         """
         _, fields = self.rewrite([(b"Host", b"h")], timeout_ms=0)
-        self.assertNotIn(b"x-envoy-expected-rq-timeout-ms", framing.index(fields))
+        self.assertNotIn(b"x-envoy-expected-rq-timeout-ms", heads.index(fields))
 
     def test_host_added_for_http10(self):
         """
@@ -87,7 +87,7 @@ class RequestHeadTests(unittest.TestCase):
         Host, which HTTP/1.1 upstream requires.
         """
         _, fields = self.rewrite([])
-        self.assertEqual(framing.index(fields)[b"host"], [b"10.250.0.3"])
+        self.assertEqual(heads.index(fields)[b"host"], [b"10.250.0.3"])
 
 
 class ResponseHeadTests(unittest.TestCase):
@@ -105,7 +105,7 @@ class ResponseHeadTests(unittest.TestCase):
             (b"Set-Cookie", b"b=2"),
         ]
         head = headers.response_head(
-            200, b"OK", fields, framing.index(fields), b"origdst", b"x-envoy", 7, b"content-length: 5\r\n"
+            200, b"OK", fields, heads.index(fields), b"origdst", b"x-envoy", 7, b"content-length: 5\r\n"
         )
         start, out = fields_of(head)
         self.assertEqual(start, b"HTTP/1.1 200 OK")
@@ -126,7 +126,7 @@ class ResponseHeadTests(unittest.TestCase):
         HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes
         unless told to keep it.
         """
-        idx = framing.index
+        idx = heads.index
         self.assertFalse(headers.wants_close(b"HTTP/1.1", idx([])))
         self.assertTrue(headers.wants_close(b"HTTP/1.1", idx([(b"Connection", b"Close")])))
         self.assertTrue(headers.wants_close(b"HTTP/1.0", idx([])))
