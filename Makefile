@@ -26,6 +26,8 @@ BENCH_ARGS ?=
 # httpbin is for the demo only, not a dependency of origdst. 0.10.x is the
 # first release that works with Flask/Werkzeug 3 (0.7.0 imports names that
 # Werkzeug 2.1 removed); checked with httpbin 0.10.4, Flask 3.1, Werkzeug 3.1.
+# --prefer-binary: under PyPy 3.9 the newest brotlicffi (an httpbin dependency)
+# has no wheel and would need pypy3-dev to build; 1.1.0.0 has one.
 DEMO_PACKAGES ?= httpbin>=0.10.2
 
 VPY := $(VENV)/bin/python
@@ -71,7 +73,7 @@ run: $(VENV_STAMP)
 	$(RUN_ENV) $(VENV)/bin/twistd -n --pidfile= origdst --config $(CONFIG) --port $(PORT) $(ARGS)
 
 $(DEMO_STAMP): $(VENV_STAMP)
-	$(VPY) -m pip install $(foreach p,$(DEMO_PACKAGES),'$(p)')
+	$(VPY) -m pip install --prefer-binary $(foreach p,$(DEMO_PACKAGES),'$(p)')
 	@$(VPY) -c 'import httpbin; assert httpbin.app.test_client().get("/get").status_code == 200' \
 	    || { echo "error: httpbin does not serve /get with the Flask/Werkzeug pip picked;" \
 	              "set DEMO_PACKAGES to a working set, e.g. DEMO_PACKAGES='httpbin flask<3'" >&2; exit 1; }
