@@ -3,5 +3,5 @@ origdst: a transparent forward HTTP proxy to the original destination of
 redirected connections.
 """
 
-# setup.py reads the version from this line.
+# pyproject.toml reads the version from this line.
 __version__ = "0.1.0"

@@ -7,18 +7,47 @@ calls) per event: about a seventh of the proxy's CPU per request. origdst
 logs through its own loggers and does not need that context, so the reactor
 it runs on gets a poll loop that dispatches directly and logs any error the
 way Twisted would.
+
+The loop uses three private attributes of Twisted's C{EPollReactor}
+(L{REACTOR_ATTRIBUTES}). A Twisted release without them leaves the reactor
+as it is, with a warning, and fails C{tests/test_eventloop.py}.
+
+L{tune} is also where the process's runtime is tuned: under PyPy it bounds
+the garbage between major collections (L{origdst.gcbound}).
 """
 
 import errno
+import sys
 
+from twisted.logger import Logger
 from twisted.python import log
 
+from origdst import gcbound
 
-def tune(reactor):
+_log = Logger()
+
+#: The private attributes of Twisted's epoll reactor that the lean loop uses.
+REACTOR_ATTRIBUTES = ("_poller", "_selectables", "_doReadOrWrite")
+
+#: Whether the lean loop is used, per runtime (C{sys.implementation.name}).
+LEAN_DISPATCH = {"cpython": True, "pypy": True}
+
+
+def missing_attributes(reactor):
     """
-    Give an epoll reactor the lean poll loop; leave any other reactor as it is.
+    @return: the names in L{REACTOR_ATTRIBUTES} that C{reactor} lacks.
+    """
+    return [name for name in REACTOR_ATTRIBUTES if getattr(reactor, name, None) is None]
 
-    @return: whether the reactor was tuned.
+
+def tune(reactor, runtime=None):
+    """
+    Give an epoll reactor the lean poll loop (where L{LEAN_DISPATCH} says so
+    for this runtime), and under PyPy bound its garbage (L{gcbound}); leave
+    any other reactor as it is.
+
+    @param runtime: the runtime's name; C{sys.implementation.name} by default.
+    @return: whether the reactor got the lean loop.
     """
     try:
         from twisted.internet.epollreactor import EPollReactor
@@ -26,11 +55,20 @@ def tune(reactor):
         return False
     if not isinstance(reactor, EPollReactor):
         return False
-    poller = getattr(reactor, "_poller", None)
-    selectables = getattr(reactor, "_selectables", None)
-    dispatch = getattr(reactor, "_doReadOrWrite", None)
-    if poller is None or selectables is None or dispatch is None:
+    gcbound.install()
+    if runtime is None:
+        runtime = sys.implementation.name
+    if not LEAN_DISPATCH.get(runtime, False):
         return False
+    missing = missing_attributes(reactor)
+    if missing:
+        _log.warn(
+            "This Twisted's epoll reactor has no {missing}: using its own poll loop "
+            "(slower; origdst.eventloop needs updating).", missing=", ".join(missing))
+        return False
+    poller = reactor._poller
+    selectables = reactor._selectables
+    dispatch = reactor._doReadOrWrite
 
     def doPoll(timeout):
         if timeout is None:
@@ -51,5 +89,6 @@ def tune(reactor):
                 except BaseException:
                     log.err(None, "Unhandled error dispatching an event to %r" % (selectable,))
 
+    doPoll.lean = True
     reactor.doPoll = reactor.doIteration = doPoll
     return True

@@ -61,9 +61,27 @@ def _high(fd):
     Move C{fd} to a descriptor above 9 (close-on-exec), so that placing the pipe ends on 3
     and 4 in the child cannot overwrite one with the other.
     """
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    # Not F_DUPFD_CLOEXEC: PyPy 3.9's fcntl does not have it.
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.set_inheritable(moved, False)
     os.close(fd)
     return moved
+
+
+def _exited_unreaped(pid):
+    """
+    @return: whether child C{pid} has exited (a zombie not yet reaped).
+    @raise ChildProcessError: when it is not a child any more.
+    """
+    if hasattr(os, "waitid"):
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    # PyPy 3.9 has no os.waitid: the kernel's process state says the same.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except FileNotFoundError:
+        raise ChildProcessError(pid)
+    return stat[stat.rindex(")") + 2] in "ZX"
 
 
 class Browser:
@@ -271,7 +289,7 @@ class Browser:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if os.waitid(os.P_PID, self.popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                if _exited_unreaped(self.popen.pid):
                     return
             except ChildProcessError:
                 return
