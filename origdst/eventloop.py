@@ -11,9 +11,6 @@ way Twisted would.
 The loop uses three private attributes of Twisted's C{EPollReactor}
 (L{REACTOR_ATTRIBUTES}). A Twisted release without them leaves the reactor
 as it is, with a warning, and fails C{tests/test_eventloop.py}.
-
-L{tune} is also where the process's runtime is tuned: under PyPy it bounds
-the garbage between major collections (L{origdst.gcbound}).
 """
 
 import errno
@@ -21,8 +18,6 @@ import sys
 
 from twisted.logger import Logger
 from twisted.python import log
-
-from origdst import gcbound
 
 _log = Logger()
 
@@ -43,8 +38,7 @@ def missing_attributes(reactor):
 def tune(reactor, runtime=None):
     """
     Give an epoll reactor the lean poll loop (where L{LEAN_DISPATCH} says so
-    for this runtime), and under PyPy bound its garbage (L{gcbound}); leave
-    any other reactor as it is.
+    for this runtime); leave any other reactor as it is.
 
     @param runtime: the runtime's name; C{sys.implementation.name} by default.
     @return: whether the reactor got the lean loop.
@@ -55,7 +49,6 @@ def tune(reactor, runtime=None):
         return False
     if not isinstance(reactor, EPollReactor):
         return False
-    gcbound.install()
     if runtime is None:
         runtime = sys.implementation.name
     if not LEAN_DISPATCH.get(runtime, False):

@@ -12,7 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import accesslog, admin, config, eventloop, workers
+from origdst import accesslog, admin, config, eventloop, gcbound, workers
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -204,6 +204,7 @@ def makeService(options, reactor=None):
     settings = options.settings
     set_level(settings.log_level)
     eventloop.tune(reactor)
+    gcbound.install()
     observer = None
     if settings.log_format == "json":
         out = twistd_log_file(getattr(options, "parent", None))
