@@ -165,7 +165,7 @@ def run(n, pipeline, profile):
 
         profiler = cProfile.Profile()
         profiler.runcall(bench.request, n, pipeline)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(int(os.environ.get("MICRO_TOP", "25")))
         return
     start = time.perf_counter()
     cpu = time.process_time()

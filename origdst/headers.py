@@ -143,6 +143,32 @@ def new_request_id():
 _VARIANT = {ord(c): b"89ab"[int(c, 16) & 3 : (int(c, 16) & 3) + 1] for c in "0123456789abcdef"}
 
 
+# The fields a rewritten head never copies, whatever its Connection options
+# add, per header prefix: made once, not per message.
+_request_drops = {}
+_response_drops = {}
+
+
+def _request_drop(prefix):
+    drop = _request_drops.get(prefix)
+    if drop is None:
+        drop = _request_drops[prefix] = HOP_BY_HOP | {
+            b"x-forwarded-proto",
+            b"x-request-id",
+            prefix + b"-expected-rq-timeout-ms",
+            prefix + b"-original-dst-host",
+            LOOP_HEADER,
+        }
+    return drop
+
+
+def _response_drop(prefix):
+    drop = _response_drops.get(prefix)
+    if drop is None:
+        drop = _response_drops[prefix] = HOP_BY_HOP | {b"server", prefix + b"-upstream-service-time"}
+    return drop
+
+
 def request_head(method, target, fields, index, host, prefix, timeout_ms, framing, marker):
     """
     The head sent upstream for a client's request.
@@ -159,9 +185,10 @@ def request_head(method, target, fields, index, host, prefix, timeout_ms, framin
     @return: the head as bytes, with its final empty line.
     """
     timeout_name = prefix + b"-expected-rq-timeout-ms"
-    drop = HOP_BY_HOP | connection_options(index)
-    drop |= {b"x-forwarded-proto", b"x-request-id", timeout_name}
-    drop |= {prefix + b"-original-dst-host", LOOP_HEADER}
+    drop = _request_drop(prefix)
+    options = connection_options(index)
+    if options:
+        drop = drop | options
     out = [method + b" " + target + b" HTTP/1.1\r\n"]
     _copy(out, fields, drop)
     if b"host" not in index:
@@ -187,7 +214,10 @@ def response_head(status, reason, fields, index, server, prefix, service_ms, fra
     @return: the head as bytes, with its final empty line.
     """
     service_name = prefix + b"-upstream-service-time"
-    drop = HOP_BY_HOP | connection_options(index) | {b"server", service_name}
+    drop = _response_drop(prefix)
+    options = connection_options(index)
+    if options:
+        drop = drop | options
     out = [b"HTTP/1.1 %d " % status + reason + b"\r\n"]
     _copy(out, fields, drop)
     out.append(b"server: " + server + b"\r\n")
