@@ -202,7 +202,7 @@ class Exchange:
             self.continued = True
             self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def response_head(self, status, reason, fields, index, kind, length):
+    def response_head(self, status, reason, fields, index, kind, length, body=b""):
         channel = self.channel
         if self.log is not None:
             self.log.response(status, channel.reactor.seconds() - self.sent_at)
@@ -239,12 +239,17 @@ class Exchange:
         elif self.version != b"HTTP/1.1":
             frame += b"connection: keep-alive\r\n"
         self.close_after = close
-        service_ms = int((channel.reactor.seconds() - self.sent_at) * 1000)
-        channel.transport.write(
-            response_head(
-                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
-            )
+        now = channel.reactor.seconds()
+        service_ms = int((now - self.sent_at) * 1000)
+        head = response_head(
+            status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
         )
+        if body:
+            if self.log is not None:
+                self.log.sent += len(body)
+            self.active_at = now
+            head += body
+        channel.transport.write(head)
         if debug_enabled():
             log.debug(
                 "{tag} upstream headers complete: {status}, after {ms} ms.",

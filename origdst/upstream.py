@@ -171,11 +171,19 @@ class UpstreamProtocol(Protocol):
             self._buf = b""
             if status == 101 or wants_close(version, index) or kind == framing.CLOSE:
                 self.reusable = False
-            self._reader = framing.BodyReader(kind, length, self._on_body)
             self._bulk = kind != framing.NONE and (kind != framing.LENGTH or length > BULK_BODY)
             if self._bulk:
                 read_size(self.transport, True)
-            self.exchange.response_head(status, reason, fields, index, kind, length)
+            if kind == framing.LENGTH and len(buf) >= length and not self._bulk:
+                # The whole (small) body came with the head, as it does from
+                # most servers: it goes to the client with the head, in one
+                # write instead of two.
+                body, buf = buf[:length], buf[length:]
+                self._reader = framing.BodyReader(kind, 0, self._on_body)
+                self.exchange.response_head(status, reason, fields, index, kind, length, body)
+            else:
+                self._reader = framing.BodyReader(kind, length, self._on_body)
+                self.exchange.response_head(status, reason, fields, index, kind, length)
             if self.tunnel is not None:
                 if buf:
                     self.tunnel.from_server(buf)
