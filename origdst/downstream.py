@@ -220,12 +220,12 @@ class ProxyChannel(Protocol):
                 key=pool.key,
             )
         kind, length = decision.kind, decision.length
-        reader = framing.BodyReader(kind, length, exchange.body_data)
-        if reader.done:
+        if kind == framing.NONE or (kind == framing.LENGTH and not length):
+            # No body to read (most requests): no reader to make.
             self.state = AWAITING
             exchange.request_received(())
         else:
-            self.reader = reader
+            self.reader = framing.BodyReader(kind, length, exchange.body_data)
             self.state = BODY
             self.pauser.pause(CONNECTING_REASON)
             if kind == framing.CHUNKED or length > BULK_BODY:

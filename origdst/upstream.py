@@ -132,7 +132,7 @@ class UpstreamProtocol(Protocol):
             self.bad_response(e)
             return
         if reader.done:
-            self._finish(rest)
+            self._finish(rest, reader.trailers)
 
     def _read_head(self, data):
         """
@@ -177,13 +177,14 @@ class UpstreamProtocol(Protocol):
             if kind == framing.LENGTH and len(buf) >= length and not self._bulk:
                 # The whole (small) body came with the head, as it does from
                 # most servers: it goes to the client with the head, in one
-                # write instead of two.
+                # write instead of two, and needs no reader.
                 body, buf = buf[:length], buf[length:]
-                self._reader = framing.BodyReader(kind, 0, self._on_body)
                 self.exchange.response_head(status, reason, fields, index, kind, length, body)
-            else:
-                self._reader = framing.BodyReader(kind, length, self._on_body)
-                self.exchange.response_head(status, reason, fields, index, kind, length)
+                if self.exchange is not None:
+                    self._finish(buf, ())
+                return None
+            self._reader = framing.BodyReader(kind, length, self._on_body)
+            self.exchange.response_head(status, reason, fields, index, kind, length)
             if self.tunnel is not None:
                 if buf:
                     self.tunnel.from_server(buf)
@@ -203,9 +204,8 @@ class UpstreamProtocol(Protocol):
         if exchange is not None:
             exchange.upstream_failed(error)
 
-    def _finish(self, rest):
+    def _finish(self, rest, trailers):
         exchange = self.exchange
-        trailers = self._reader.trailers
         self._reader = None
         self.exchange = None
         self.reused = True
@@ -243,7 +243,7 @@ class UpstreamProtocol(Protocol):
         if exchange is None:
             return
         if self._reader is not None and self._reader.kind == framing.CLOSE:
-            self._finish(b"")
+            self._finish(b"", self._reader.trailers)
             return
         self.exchange = None
         exchange.upstream_lost(
