@@ -15,21 +15,26 @@ counts instructions, which do not depend on what else runs:
     python -m bench.micro -n 20000             # wall µs per request
     python -m bench.micro -n 5000 --instructions
     python -m bench.micro -n 20000 --profile   # cProfile, top functions
+    python -m bench.micro --loopback 5 [--instructions]   # wrk, real sockets
 
 C{--instructions} runs the tool twice under C{valgrind --tool=callgrind}, with
 no requests and with C{-n}, and divides the difference by C{-n}, so start-up
-and imports drop out.
+and imports drop out. C{--loopback} runs a real proxy process on 127.0.0.1
+(its destination fixed to a local backend, so no REDIRECT rule is needed)
+under wrk: a load, so take the benchmark lock for it.
 """
 
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 
 from origdst.cluster import OriginalDstCluster
@@ -201,13 +206,138 @@ def instructions(n, pipeline):
     return (counts[1] - counts[0]) / n
 
 
+class Backend(Protocol):
+    """
+    A plain HTTP server for L{loopback}: each request head gets L{RESPONSE}.
+    """
+
+    buf = b""
+
+    def dataReceived(self, data):
+        buf = self.buf + data
+        count = buf.count(b"\r\n\r\n")
+        if count:
+            self.transport.write(RESPONSE * count)
+            buf = buf[buf.rindex(b"\r\n\r\n") + 4 :]
+        self.buf = buf
+
+
+def serve(role, port, backend_port):
+    """
+    Run the backend, or the proxy with its destination fixed to the backend
+    (so no REDIRECT rule is needed), on 127.0.0.1:C{port}.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    from origdst import eventloop, gcbound
+
+    if role == "backend":
+        factory = Factory.forProtocol(Backend)
+    else:
+        # As makeService does.
+        eventloop.tune(reactor)
+        gcbound.install()
+        settings = Settings(log_level="warn")
+        cluster = OriginalDstCluster(settings, reactor)
+        factory = ListenerFactory(
+            cluster, settings, reactor, original_destination=lambda h: ("127.0.0.1", backend_port)
+        )
+    reactor.listenTCP(port, factory, interface="127.0.0.1")
+    print("ready", flush=True)
+    reactor.run()
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start(argv):
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    if process.stdout.readline().strip() != "ready":
+        raise RuntimeError("%s did not start" % (argv,))
+    return process
+
+
+def _proxy_run(duration, connections, callgrind, port, backend_port):
+    """
+    One proxy process (under callgrind if asked) and one wrk run through it.
+
+    @return: C{(requests, proxy CPU seconds, instructions or None)}.
+    """
+    me = [sys.executable, "-m", "bench.micro"]
+    backend = _start(me + ["--serve", "backend", "--port", str(backend_port)])
+    out = None
+    proxy_argv = me + ["--serve", "proxy", "--port", str(port), "--backend-port", str(backend_port)]
+    if callgrind:
+        out = tempfile.mktemp(prefix="micro-callgrind.")
+        proxy_argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + proxy_argv
+    proxy = _start(proxy_argv)
+    try:
+        load = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration,
+                "http://127.0.0.1:%d/" % port]
+        cpu = _cpu_seconds(proxy.pid)
+        report = subprocess.run(load, check=True, stdout=subprocess.PIPE, text=True).stdout
+        cpu = _cpu_seconds(proxy.pid) - cpu
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        proxy.wait()
+        backend.send_signal(signal.SIGINT)
+        backend.wait()
+    requests = int(re.search(r"(\d+) requests in", report).group(1))
+    total = None
+    if callgrind:
+        with open(out) as f:
+            total = int(re.search(r"^summary: (\d+)", f.read(), re.M).group(1))
+        os.unlink(out)
+    return requests, cpu, total
+
+
+def loopback(duration, connections, callgrind, port=24999, backend_port=24998):
+    """
+    Proxy wrk's keep-alive requests over loopback to a local backend: the
+    reactor's part (epoll, transports, send/recv) is in it.
+
+    With C{callgrind}, two proxy processes run, one for a second and one
+    for C{duration} seconds; the difference of their instructions over the
+    difference of their requests leaves out start-up and the connections'
+    set-up.
+
+    @return: the line to print: requests, the proxy's CPU (user and system)
+        per request, and with C{callgrind} its instructions per request.
+    """
+    requests, cpu, total = _proxy_run(duration, connections, callgrind, port, backend_port)
+    line = "%d requests over loopback (-c%d): %.2f µs proxy CPU per request" % (
+        requests, connections, cpu / requests * 1e6)
+    if callgrind:
+        short, _, short_total = _proxy_run(1, connections, callgrind, port, backend_port)
+        line += ", %.0f instructions per request" % (
+            (total - short_total) / (requests - short))
+    return line + " (%s)" % sys.implementation.name
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=20000, help="requests measured")
     parser.add_argument("--pipeline", type=int, default=1, help="requests sent at once")
     parser.add_argument("--instructions", action="store_true", help="count them with callgrind")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    parser.add_argument("--loopback", type=int, metavar="SECONDS",
+                        help="wrk through a real proxy process on 127.0.0.1 for SECONDS "
+                             "(a load: run it under the benchmark lock)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk's -c, for --loopback")
+    parser.add_argument("--serve", choices=["proxy", "backend"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backend-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.port, args.backend_port)
+        return 0
+    if args.loopback:
+        print(loopback(args.loopback, args.connections, args.instructions))
+        return 0
     if args.n % args.pipeline:
         parser.error("-n must be a multiple of --pipeline")
     if args.instructions:
