@@ -14,7 +14,7 @@ import itertools
 from zope.interface import implementer
 
 from origdst import accesslog, framing, replies
-from origdst.flow import connect_flow, disconnect_flow
+from origdst.flow import connect_flow, disconnect_flow, write
 from origdst.headers import forwardable_trailers, informational_head, response_head
 from origdst.interfaces import IExchange
 from origdst.logs import debug_enabled, logger
@@ -249,7 +249,7 @@ class Exchange:
                 self.log.sent += len(body)
             self.active_at = now
             head += body
-        channel.transport.write(head)
+        write(channel.transport, head)
         if debug_enabled():
             log.debug(
                 "{tag} upstream headers complete: {status}, after {ms} ms.",
@@ -266,7 +266,7 @@ class Exchange:
         if self.chunked_out:
             self.channel.transport.writeSequence(framing.encode_chunk(data))
         else:
-            self.channel.transport.write(data)
+            write(self.channel.transport, data)
 
     def response_end(self, trailers):
         if self.chunked_out:

@@ -11,7 +11,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
 from origdst import framing, heads
-from origdst.flow import BULK_BODY, Pauser, read_size
+from origdst.flow import BULK_BODY, Pauser, read_size, write
 from origdst.headers import wants_close
 from origdst.interfaces import IUpstreamConnection
 
@@ -69,7 +69,7 @@ class UpstreamProtocol(Protocol):
         stats = pool.stats
         stats.upstream_rq_total += 1
         stats.upstream_cx_tx_bytes_total += len(head)
-        self.transport.write(head)
+        write(self.transport, head)
         exchange.attached(self)
 
     def send(self, pieces):
