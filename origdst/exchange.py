@@ -202,7 +202,7 @@ class Exchange:
             self.continued = True
             self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def response_head(self, status, reason, fields, index, kind, length, body=b""):
+    def response_head(self, status, reason, fields, index, kind, length, body=None):
         channel = self.channel
         if self.log is not None:
             self.log.response(status, channel.reactor.seconds() - self.sent_at)
@@ -244,7 +244,7 @@ class Exchange:
         head = response_head(
             status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
         )
-        if body:
+        if body is not None:
             if self.log is not None:
                 self.log.sent += len(body)
             self.active_at = now
@@ -257,7 +257,10 @@ class Exchange:
                 status=status,
                 ms=service_ms,
             )
-        connect_flow(self.conn.pauser, channel.transport)
+        if body is None:
+            # More of the body is to come: a full client buffer pauses the
+            # upstream until it drains. (A whole body was just written.)
+            connect_flow(self.conn.pauser, channel.transport)
 
     def response_data(self, data):
         if self.log is not None:

@@ -108,11 +108,11 @@ class IExchange(Interface):
         A 1xx response arrived.
         """
 
-    def response_head(status, reason, fields, index, kind, length, body=b""):
+    def response_head(status, reason, fields, index, kind, length, body=None):
         """
-        The final response head arrived; C{body}, when given, is the whole
-        body of a C{Content-Length} response that came with it (sent with
-        the head, with no L{response_data}).
+        The final response head arrived; C{body}, when not C{None}, is the
+        whole body of a C{Content-Length} response that came with it (sent
+        with the head, with no L{response_data}).
         """
 
     def response_data(data):
