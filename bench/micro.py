@@ -282,9 +282,9 @@ def _proxy_run(duration, connections, callgrind, port, backend_port):
         report = subprocess.run(load, check=True, stdout=subprocess.PIPE, text=True).stdout
         cpu = _cpu_seconds(proxy.pid) - cpu
     finally:
-        proxy.send_signal(signal.SIGINT)
+        proxy.send_signal(signal.SIGTERM)
         proxy.wait()
-        backend.send_signal(signal.SIGINT)
+        backend.send_signal(signal.SIGTERM)
         backend.wait()
     requests = int(re.search(r"(\d+) requests in", report).group(1))
     total = None
