@@ -162,7 +162,7 @@ class Admission:
             upgrade = wants_upgrade(method, version, index)
             if refusal is None:
                 routed = self.route(index, destination)
-                if target[:7].lower() == b"http://":
+                if target[0] != 0x2F and target[:7].lower() == b"http://":  # not "/"
                     target, authority = absolute_target(target, routed)
                     # The authority replaces Host where it stands (RFC 9112
                     # section 3.2.2), or comes first when there was none.

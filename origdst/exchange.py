@@ -204,8 +204,9 @@ class Exchange:
 
     def response_head(self, status, reason, fields, index, kind, length, body=None):
         channel = self.channel
+        now = channel.reactor.seconds()
         if self.log is not None:
-            self.log.response(status, channel.reactor.seconds() - self.sent_at)
+            self.log.response(status, now - self.sent_at)
         if status == 101 or (self.method == b"CONNECT" and status < 300):
             switch_protocols(self, status, reason, fields, index)
             return
@@ -239,7 +240,6 @@ class Exchange:
         elif self.version != b"HTTP/1.1":
             frame += b"connection: keep-alive\r\n"
         self.close_after = close
-        now = channel.reactor.seconds()
         service_ms = int((now - self.sent_at) * 1000)
         head = response_head(
             status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
