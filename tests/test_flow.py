@@ -43,7 +43,7 @@ class WriteTests(unittest.TestCase):
         connector = reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
         self.addCleanup(connector.disconnect)
         client = yield factory.connected
-        defer.returnValue((server, client.transport))
+        return server, client.transport
 
     def test_attributes(self):
         """
