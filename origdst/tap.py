@@ -6,6 +6,7 @@ down the data path.
 """
 
 import os
+import signal
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
@@ -207,9 +208,29 @@ class ProxyService(MultiService):
             return MultiService.stopService(self)
         # twistd's shutdown waits for this; the admin port answers /ready
         # with DRAINING until the drain is over.
+        _keep_draining_on_signals(self.drain.reactor)
         draining = self.drain.start()
         draining.addCallback(lambda _: _exit_zero(self.drain.reactor))
         return draining.addCallback(lambda _: MultiService.stopService(self))
+
+
+def _keep_draining_on_signals(reactor):
+    """
+    A signal that started a shutdown (twistd's handler records it) is the
+    first; another SIGTERM or SIGINT during the drain, such as the one
+    systemd sends every worker besides the main process's, is logged, not
+    a traceback from stopping a reactor that is already stopping.
+    """
+    if getattr(reactor, "_exitSignal", None) is None:
+        return
+
+    def again(number, frame):
+        reactor.callFromThread(
+            log.info, "Received signal {number} while draining; the drain goes on (SIGKILL ends it).", number=number
+        )
+
+    signal.signal(signal.SIGTERM, again)
+    signal.signal(signal.SIGINT, again)
 
 
 def _exit_zero(reactor):

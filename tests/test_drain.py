@@ -264,8 +264,9 @@ class AdminDrainTests(unittest.TestCase):
 class ServiceTests(unittest.TestCase):
     def test_stop_waits_for_the_drain(self):
         """
-        The proxy service stops its children only after the drain, and a
-        SIGTERM'd process then exits with 0.
+        The proxy service stops its children only after the drain, a
+        further signal meanwhile is only logged, and a SIGTERM'd process
+        then exits with 0.
         """
         proxy = ProxyHarness(self)
         capture_log(self)
@@ -278,8 +279,13 @@ class ServiceTests(unittest.TestCase):
         channel.dataReceived(GET)
         upstream = proxy.accept_upstream()
         proxy.reactor._exitSignal = signal.SIGTERM
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        before = signal.getsignal(signal.SIGTERM)
         stopped = []
         top.stopService().addCallback(stopped.append)
+        # Another SIGTERM during the drain is only logged.
+        self.assertNotEqual(signal.getsignal(signal.SIGTERM), before)
         self.assertEqual((stopped, proxy.cluster.running, top.stats.state), ([], 1, stats.DRAINING))
         upstream.protocol.dataReceived(OK)
         self.assertEqual(len(stopped), 1)
