@@ -81,6 +81,8 @@ class Options(usage.Options):
             try:
                 serverFromString(None, description)
             except Exception as e:
+                if description.lower().startswith("systemd:"):
+                    e = f"{e} (no such socket was passed by systemd: start it through origdst.socket)"
                 raise config.ConfigError(f"--{option}: invalid endpoint description {description!r}: {e}")
         try:
             config.check_admin(settings)
