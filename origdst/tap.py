@@ -203,13 +203,11 @@ class ProxyService(MultiService):
         self.stats.state = LIVE
 
     def stopService(self):
-        # Children stop last-added first: the admin port, added before the
-        # proxy's, still answers /ready with DRAINING while the rest stops.
         self.stats.state = DRAINING
         if self.drain is None:
             return MultiService.stopService(self)
         # twistd's shutdown waits for this; the admin port answers /ready
-        # with DRAINING until the drain is over.
+        # with DRAINING until the drain is over, then the children stop.
         _keep_draining_on_signals(self.drain.reactor)
         draining = self.drain.start()
         draining.addCallback(lambda _: _exit_zero(self.drain.reactor))
