@@ -139,6 +139,32 @@ class DrainEndToEndTests(testbed.TopologyTestCase):
         self.assertEqual(proxy.popen.returncode, 0, self.log()[-3000:])
         self.assertIn("Drain timeout (2 s): closing 1 client connections still open.", self.log())
 
+    def test_4_drain_listeners(self):
+        """
+        POST /drain_listeners drains as SIGTERM does, but the process keeps
+        running, its admin port answering 503 DRAINING; a SIGTERM then
+        exits 0 at once.
+        """
+        proxy = self.start("--drain-timeout", "20")
+        code = (
+            "import urllib.request\n"
+            "r = urllib.request.Request('http://127.0.0.1:%d/drain_listeners', method='POST',"
+            " headers={'X-Origdst-Admin': '1'})\n"
+            "print(urllib.request.urlopen(r, timeout=5).read().decode().strip())\n" % ADMIN_PORT
+        )
+        out = self.topology.exec(self.topology.client, [self.topology.python, "-c", code]).stdout
+        self.assertEqual(out.strip(), "OK")
+        self.wait_log("Draining:")
+        refused = self.topology.run_client(
+            {"host": testbed.SERVER_V4, "port": 80, "timeout": 5, "requests": [{"path": "/echo"}]})
+        self.assertIn("ConnectionRefusedError", refused["error"] or "", refused)
+        time.sleep(1)
+        self.assertTrue(proxy.running())
+        self.assertEqual(self.ready(), (503, "DRAINING"))
+        os.kill(proxy.popen.pid, signal.SIGTERM)
+        self.assertLess(self.exited(proxy, 10), 5)
+        self.assertEqual(proxy.popen.returncode, 0, self.log()[-3000:])
+
     def test_3_workers_drained(self):
         """
         With --workers 2, SIGTERM to the main process drains both; the
