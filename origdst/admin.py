@@ -9,7 +9,8 @@ A separate twisted.web site, on loopback by default (C{--admin}), serving:
   - C{/stats} (C{?filter=REGEX}, C{?usedonly}, C{?format=json|prometheus}),
     C{/stats/prometheus};
   - C{/clusters} (C{?format=json});
-  - C{/logging} (C{POST ?level=debug}), C{/reset_counters} (C{POST}), each
+  - C{/logging} (C{POST ?level=debug}), C{/reset_counters} and
+    C{/drain_listeners} (C{POST}), each
     POST with C{X-Origdst-Admin: 1};
   - C{/help}.
 
@@ -62,7 +63,11 @@ class Admin:
     @ivar root: the site's root resource, for the list of endpoints.
     """
 
-    def __init__(self, settings, cluster, reactor, listening=lambda: None, config_path=None):
+    def __init__(self, settings, cluster, reactor, listening=lambda: None, config_path=None, drain=None):
+        """
+        @param drain: starts the proxy's drain (L{origdst.drain.Drain.start}).
+        """
+        self.drain = drain
         self.settings = settings
         self.cluster = cluster
         self.stats = cluster.stats
@@ -343,6 +348,16 @@ class ResetCounters(Endpoint):
         return 200, _text("OK\n")
 
 
+class DrainListeners(Endpoint):
+    help = "stop listening and drain client connections (POST); the process keeps running"
+
+    def change(self, request):
+        if self.admin.drain is None:
+            return 503, _text("draining is not available here\n")
+        self.admin.drain()
+        return 200, _text("OK\n")
+
+
 class Help(Endpoint):
     help = "print this list"
 
@@ -395,6 +410,7 @@ ENDPOINTS = [
     ("clusters", Clusters, False),
     ("logging", Logging, True),
     ("reset_counters", ResetCounters, True),
+    ("drain_listeners", DrainListeners, True),
     ("help", Help, False),
 ]
 

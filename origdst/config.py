@@ -167,6 +167,14 @@ SETTINGS = (
         "Seconds a request may see no bytes either way (408, or a reset once the "
         "response began); 0 = none.",
     ),
+    # Envoy drains for --drain-time-s (600 s) before it stops; 25 s fits in
+    # the 30 s that Kubernetes (terminationGracePeriodSeconds) waits between
+    # SIGTERM and SIGKILL.
+    Setting(
+        "drain-timeout", readers.seconds(allow_zero=True), "25",
+        "Seconds open client connections may take to finish after SIGTERM or "
+        "POST /drain_listeners; then they are closed; 0 = close at once.",
+    ),
     Setting(
         "access-log", readers.access_log, "none",
         "File to write one line per request to (reopened on SIGHUP), - for stdout, or none.",

@@ -81,6 +81,9 @@ class ProxyChannel(Protocol):
     state = IDLE
     access_log = None
     log_record = None
+    # The listener's L{origdst.drain.Connections}, and whether a drain began.
+    connections = None
+    draining = False
 
     def __init__(self, cluster, settings, reactor, tag, resolve, admission):
         """
@@ -211,6 +214,8 @@ class ProxyChannel(Protocol):
         ip, port = decision.destination
         pool = self.cluster.host(ip, port).pool
         exchange = self.exchange = Exchange(self, pool, decision)
+        if self.draining:
+            exchange.close_after = True
         if debug_enabled():
             log.debug(
                 "{tag} {method} {target} to {key}.",
@@ -266,6 +271,18 @@ class ProxyChannel(Protocol):
         self.pauser.resume(CONNECTING_REASON)
         early, self.buf = self.buf, b""
         self.tunnel.open(early, self.read_closed)
+
+    def drain(self):
+        """
+        The proxy drains (L{origdst.drain}): an idle connection closes now;
+        the request under way, and any begun later, is answered with
+        C{connection: close}, then the connection closes.
+        """
+        self.draining = True
+        if self.state is IDLE:
+            self.close()
+        elif self.exchange is not None:
+            self.exchange.close_after = True
 
     def readConnectionLost(self):
         """
@@ -380,6 +397,8 @@ class ProxyChannel(Protocol):
     def connectionLost(self, reason):
         self.state = CLOSED
         self.cluster.stats.downstream_cx_active -= 1
+        if self.connections is not None:
+            self.connections.discard(self)
         self._cancel_timers()
         if self.exchange is not None and self.access_log is not None:
             self.access_log.end(self.exchange, accesslog.DOWNSTREAM_DISCONNECT)

@@ -15,6 +15,7 @@ from origdst import replies
 from origdst.addresses import host_port, socket_ip
 from origdst.admission import Admission
 from origdst.downstream import ProxyChannel
+from origdst.drain import Connections
 from origdst.logs import debug_enabled, logger
 from origdst.policy import Policy
 from origdst.sockopt import NoOriginalDestination, original_destination
@@ -52,6 +53,8 @@ class ListenerFactory(ServerFactory):
         self.admission = Admission(settings, self.policy)
         self.access_log = access_log
         self._ids = itertools.count(1)
+        # The open client connections, for a drain.
+        self.connections = Connections()
 
     def buildProtocol(self, addr):
         channel = ProxyChannel(
@@ -64,6 +67,8 @@ class ListenerFactory(ServerFactory):
         )
         if self.access_log is not None:
             channel.access_log = self.access_log
+        channel.connections = self.connections
+        self.connections.add(channel)
         return channel
 
     def resolve_for(self, channel):

@@ -6,13 +6,14 @@ down the data path.
 """
 
 import os
+import signal
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import accesslog, admin, config, eventloop, gcbound, workers
+from origdst import accesslog, admin, config, drain, eventloop, gcbound, workers
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -80,6 +81,8 @@ class Options(usage.Options):
             try:
                 serverFromString(None, description)
             except Exception as e:
+                if description.lower().startswith("systemd:"):
+                    e = f"{e} (no such socket was passed by systemd: start it through origdst.socket)"
                 raise config.ConfigError(f"--{option}: invalid endpoint description {description!r}: {e}")
         try:
             config.check_admin(settings)
@@ -152,9 +155,18 @@ class ListenerService(Service):
 
     def stopService(self):
         Service.stopService(self)
+        return self.stop_listening()
+
+    def stop_listening(self):
+        """
+        Close the port (new connections are refused); connections already
+        accepted stay open. A drain calls this before the service stops.
+        """
         if self.port is not None:
             port, self.port = self.port, None
+            log.info("{name} stopped listening on {port}.", name=self.name, port=self.description)
             return port.stopListening()
+        return None
 
 
 class AdminService(ListenerService):
@@ -172,6 +184,9 @@ class ProxyService(MultiService):
     is put in).
     """
 
+    #: The L{origdst.drain.Drain} to run before stopping, if any.
+    drain = None
+
     def __init__(self, stats, log_observer=None):
         MultiService.__init__(self)
         self.stats = stats
@@ -188,10 +203,43 @@ class ProxyService(MultiService):
         self.stats.state = LIVE
 
     def stopService(self):
-        # Children stop last-added first: the admin port, added before the
-        # proxy's, still answers /ready with DRAINING while the rest stops.
         self.stats.state = DRAINING
-        return MultiService.stopService(self)
+        if self.drain is None:
+            return MultiService.stopService(self)
+        # twistd's shutdown waits for this; the admin port answers /ready
+        # with DRAINING until the drain is over, then the children stop.
+        _keep_draining_on_signals(self.drain.reactor)
+        draining = self.drain.start()
+        draining.addCallback(lambda _: _exit_zero(self.drain.reactor))
+        return draining.addCallback(lambda _: MultiService.stopService(self))
+
+
+def _keep_draining_on_signals(reactor):
+    """
+    A signal that started a shutdown (twistd's handler records it) is the
+    first; another SIGTERM or SIGINT during the drain, such as the one
+    systemd sends every worker besides the main process's, is logged, not
+    a traceback from stopping a reactor that is already stopping.
+    """
+    if getattr(reactor, "_exitSignal", None) is None:
+        return
+
+    def again(number, frame):
+        reactor.callFromThread(
+            log.info, "Received signal {number} while draining; the drain goes on (SIGKILL ends it).", number=number
+        )
+
+    signal.signal(signal.SIGTERM, again)
+    signal.signal(signal.SIGINT, again)
+
+
+def _exit_zero(reactor):
+    """
+    After a drain, exit with status 0, as Envoy does: twistd would otherwise
+    end by the signal that stopped it (a SIGTERM'd service looks failed).
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
 
 
 def makeService(options, reactor=None):
@@ -222,9 +270,12 @@ def makeService(options, reactor=None):
     if settings.workers > 1:
         endpoint = workers.ReusePortEndpoint.from_description(reactor, settings.port)
     listener = ListenerService(settings.port, factory, reactor, endpoint)
+    pool = None
     if settings.workers > 1 and not worker:
         argv = workers.worker_argv(getattr(options, "parent", None), options.argv)
-        workers.WorkerPool(reactor, settings.workers, argv, factory.policy.marker).setServiceParent(top)
+        pool = workers.WorkerPool(reactor, settings.workers, argv, factory.policy.marker)
+        pool.setServiceParent(top)
+    top.drain = drain.Drain(reactor, top.stats, settings.drain_timeout, [listener], factory.connections, pool)
     if settings.admin != "none" and not worker:
         state = admin.Admin(
             settings,
@@ -232,6 +283,7 @@ def makeService(options, reactor=None):
             reactor,
             listening=lambda: listener.port.getHost() if listener.port is not None else None,
             config_path=options["config"],
+            drain=top.drain.start,
         )
         AdminService(admin.listen_description(settings.admin), admin.site(state), reactor).setServiceParent(top)
     listener.setServiceParent(top)

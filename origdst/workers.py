@@ -181,7 +181,7 @@ class WorkerPool(Service):
     def ended(self, worker, reason):
         self.processes.pop(worker.number, None)
         self._check_stopped()
-        if self.running:
+        if self.running and not self.draining:
             log.warn(
                 "Worker {number} ended ({reason}); restarting it.",
                 number=worker.number,
@@ -189,22 +189,45 @@ class WorkerPool(Service):
             )
             self.reactor.callLater(self.RESTART_DELAY, self.spawn, worker.number)
 
+    draining = False
+
+    # How long after its drain timeout a worker is waited for.
+    DRAIN_GRACE = 5.0
+
+    def drain(self, timeout):
+        """
+        Drain every worker: each gets SIGTERM and drains as this process does
+        (L{origdst.drain}); none is restarted any more.
+
+        @param timeout: the workers' drain timeout, in seconds.
+        @return: a L{Deferred} firing when they have all ended, or at most
+            C{timeout} plus L{DRAIN_GRACE} seconds later.
+        """
+        self.draining = True
+        return self._terminate(timeout + self.DRAIN_GRACE)
+
     def stopService(self):
         """
         Stop the workers and wait (at most 10 s) for them to end.
         """
         Service.stopService(self)
+        return self._terminate(10)
+
+    def _terminate(self, wait):
         for process in list(self.processes.values()):
             try:
                 process.signalProcess(signal.SIGTERM)
             except Exception:
                 pass
         if not self.processes:
-            return None
-        done = defer.Deferred()
-        self._stopped = done
-        self.reactor.callLater(10, lambda: done.called or done.callback(None))
-        return done
+            return defer.succeed(None)
+        done = getattr(self, "_stopped", None)
+        if done is None or done.called:
+            done = self._stopped = defer.Deferred()
+            self.reactor.callLater(wait, lambda: done.called or done.callback(None))
+        result = defer.Deferred()
+        done.addBoth(lambda value: result.callback(None))
+        return result
 
     def _check_stopped(self):
         done = getattr(self, "_stopped", None)

@@ -206,17 +206,20 @@ class CrossSiteTests(unittest.TestCase):
 
     def test_table(self):
         """
-        The state-changing endpoints are /logging and /reset_counters, and
+        The state-changing endpoints are /logging, /reset_counters and
+        /drain_listeners, and
         an endpoint implements L{admin.Endpoint.change} if and only if the
         table marks it.
         """
-        self.assertEqual(self.changing(), ["logging", "reset_counters"])
+        self.assertEqual(self.changing(), ["logging", "reset_counters", "drain_listeners"])
         for path, kind, changes in admin.ENDPOINTS:
             self.assertEqual(kind.change is not admin.Endpoint.change, changes, path)
         help = self.admin.request(b"GET", b"/help", [host()]).text()
         self.assertIn("  /reset_counters: reset all counters to zero (POST) (a POST needs the header "
                       "X-Origdst-Admin: 1)\n", help)
-        self.assertEqual(help.count("X-Origdst-Admin"), 2)
+        self.assertIn("  /drain_listeners: stop listening and drain client connections (POST); the "
+                      "process keeps running (a POST needs the header X-Origdst-Admin: 1)\n", help)
+        self.assertEqual(help.count("X-Origdst-Admin"), 3)
 
     def test_form_post(self):
         """
