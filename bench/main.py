@@ -177,7 +177,8 @@ def _prepare(args):
 DEFAULT_TARGETS = ("direct", "origdst", "origdst-w2", "origdst-pypy", "origdst-pypy-w2",
                    "envoy1", "envoy2")
 
-#: The phases of the two-worker targets: their question is throughput.
+#: The phases of the two-worker targets and of the event loop's switch:
+#: their question is throughput.
 TWO_WORKER_PHASES = ("keepalive", "close")
 
 
@@ -185,7 +186,7 @@ def target_phases(name, phases):
     """
     @return: the phases of C{phases} that target C{name} runs.
     """
-    if name == "envoy2" or "-w2" in name:
+    if name == "envoy2" or "-w2" in name or "-nolean" in name or name.endswith("-lean"):
         return [p for p in phases if p in TWO_WORKER_PHASES]
     if name == "direct":
         return [p for p in phases if p != "idle"]
