@@ -55,13 +55,14 @@ def write(path, out, pairs, targets=None):
                 bars.append((i, num, den, r, marks.get((num, den, fig))))
         if bars:
             groups.append((label, better, bars))
-    top = max([3.0] + [b[3]["max"] for g in groups for b in g[2]])
-    scale = (WIDTH - LEFT - RIGHT) / (top * 1.05)
+    # Up to 3x: a figure beyond is drawn to the edge, its value written.
+    top = min(3.0, max([2.0] + [b[3]["max"] for g in groups for b in g[2]]))
+    scale = (WIDTH - LEFT - RIGHT - 60) / (top * 1.05)
     height = TOP + sum(len(g[2]) * (BAR + GAP) + GROUP_GAP for g in groups) + 40 \
         + 18 * len(pairs)
 
     def x(v):
-        return LEFT + v * scale
+        return LEFT + min(v, top * 1.05) * scale
 
     meta = out.get("meta", {})
     n_rounds = len(out.get("rounds", [])) or 1
@@ -93,7 +94,7 @@ def write(path, out, pairs, targets=None):
             svg.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s">'
                        '<title>%s/%s %s: %.2fx [%.2f-%.2f]</title></rect>' % (
                            LEFT, y, max(0.5, x(r["median"]) - LEFT), BAR, colour,
-                           num, den, escape(label), r["median"], r["min"], r["max"]))
+                           escape(num), escape(den), escape(label), r["median"], r["min"], r["max"]))
             mid = y + BAR / 2.0
             svg.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="black"/>' % (
                 x(r["min"]), mid, x(r["max"]), mid))
@@ -103,9 +104,10 @@ def write(path, out, pairs, targets=None):
             if mark:
                 svg.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#d00" '
                            'stroke-width="3"><title>target %s %gx</title></line>' % (
-                               x(mark[1]), y - 1, x(mark[1]), y + BAR + 1, mark[0], mark[1]))
-            svg.append('<text x="%.1f" y="%d">%.2fx</text>' % (
-                x(r["max"]) + 5, y + BAR - 3, r["median"]))
+                               x(mark[1]), y - 1, x(mark[1]), y + BAR + 1, escape(mark[0]), mark[1]))
+            svg.append('<text x="%.1f" y="%d">%.2fx%s</text>' % (
+                x(r["max"]) + 5, y + BAR - 3, r["median"],
+                " (to %.1fx)" % r["max"] if r["max"] > top * 1.05 else ""))
             y += BAR + GAP
         y += GROUP_GAP
     y += 10
@@ -118,3 +120,27 @@ def write(path, out, pairs, targets=None):
     with open(path, "w") as f:
         f.write("\n".join(svg) + "\n")
     return path
+
+
+def main(argv=None):
+    """
+    C{python -m bench.chart RESULTS.json}: the chart of a run again, beside it.
+    """
+    import json
+    import os
+    import sys
+
+    from bench import report
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m bench.chart RESULTS.json")
+    with open(argv[0]) as f:
+        out = json.load(f)
+    pairs = [tuple(p.split("/")) for p in out.get("ratios", {})]
+    svg = write(os.path.splitext(argv[0])[0] + ".svg", out, pairs, report.load_targets())
+    print(svg)
+
+
+if __name__ == "__main__":
+    main()
