@@ -64,6 +64,7 @@ def wrk(bench, port, duration, close=False, connections=None):
         "p50_ms": out["p50_us"] / 1000.0,
         "p90_ms": out["p90_us"] / 1000.0,
         "p99_ms": out["p99_us"] / 1000.0,
+        "p999_ms": out["p999_us"] / 1000.0,
         "max_ms": out["max_us"] / 1000.0,
         "errors": errors,
         "error_detail": {k: out[k] for k in ("connect_errors", "read_errors", "write_errors",

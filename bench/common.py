@@ -6,6 +6,7 @@ type, logging and bounded commands.
 import os
 import subprocess
 import sys
+import time
 
 import testbed
 
@@ -35,8 +36,15 @@ class BenchError(Exception):
     pass
 
 
+_STARTED = time.monotonic()
+
+
 def log(message):
-    sys.stderr.write("== %s\n" % message)
+    """
+    A progress line, with the time since the run started.
+    """
+    elapsed = int(time.monotonic() - _STARTED)
+    sys.stderr.write("== [%2d:%02d] %s\n" % (elapsed // 60, elapsed % 60, message))
     sys.stderr.flush()
 
 

@@ -59,8 +59,13 @@ class Proxy:
         if any("{profile_path}" in a for a in argv):
             self.profile_path = os.path.join(bench.work, "cpuprofile-%s.raw" % self.name)
             argv = [a.replace("{profile_path}", self.profile_path) for a in argv]
-        self.proc = bench.spawn("%s-%d" % (self.name, self.starts), argv, self.port,
-                                env=self.env, ns=bench.topo.client,
+        run_name = "%s-%d" % (self.name, self.starts)
+        env = self.env
+        if env is not None:
+            env = {k: v.replace("{work}", bench.work).replace("{name}", run_name)
+                   for k, v in env.items()}
+        self.proc = bench.spawn(run_name, argv, self.port,
+                                env=env, ns=bench.topo.client,
                                 # Envoy's listener does not bind over TIME-WAIT
                                 # sockets on its port; origdst's does.
                                 wait_time_wait=self.expect_server == "envoy")
@@ -94,36 +99,81 @@ class Proxy:
         return tail(path, lines) if path else ""
 
 
-def origdst(name, interpreter, source, env, more=(), extra=(), profile=False):
+#: Switches of a target's name (C{origdst-nolean}, C{origdst-pypy-nogcbound}):
+#: code run in the proxy before twistd starts, for measuring origdst with a
+#: part of it turned off (the first process only: not in C{--workers} copies).
+VARIANTS = {
+    "nolean": "import origdst.eventloop as e; "
+              "e.LEAN_DISPATCH = dict.fromkeys(e.LEAN_DISPATCH, False); ",
+    "lean": "import origdst.eventloop as e; "
+            "e.LEAN_DISPATCH = dict.fromkeys(e.LEAN_DISPATCH, True); ",
+    "nogcbound": "import origdst.gcbound as g; g.install = lambda *a, **k: None; ",
+}
+
+#: Switches of a target's name that set the proxy's environment: PyPy's GC
+#: log (kept in /tmp after the run), PyPy's nursery size.
+ENV_VARIANTS = {
+    "gclog": {"PYPYLOG": "gc-minor,gc-collect-step,gc-collect-done:/tmp/origdst-bench-pypylog-{name}.txt"},
+    "jitlog": {"PYPYLOG": "jit-tracing,jit-optimize,gc-collect-step:"
+                          "/tmp/origdst-bench-pypylog-{name}.txt"},
+    "nursery4m": {"PYPY_GC_NURSERY": "4M"},
+    "nursery16m": {"PYPY_GC_NURSERY": "16M"},
+}
+
+
+def origdst(name, interpreter, source, env, more=(), extra=(), profile=False, variants=()):
     """
     origdst under twistd from the checkout C{source}, listening on L{ORIGDST_PORT}.
 
     @param profile: load bench/cpusampler.py into the proxy before twistd starts.
+    @param variants: keys of L{VARIANTS}.
     """
     # env -C: "python -c" puts the working directory first on sys.path.
-    code = testbed.TWISTD
+    code = "".join(VARIANTS.get(v, "") for v in variants) + testbed.TWISTD
     if profile:
         code = ("import sys; sys.path.insert(0, %r); import cpusampler; "
                 "cpusampler.install('{profile_path}'); sys.path.pop(0); " % HERE) + code
+    env = dict(env)
+    for v in variants:
+        env.update(ENV_VARIANTS.get(v, {}))
     argv = ["env", "-C", source, interpreter, "-c", code, "-n", "--pidfile=", "--logfile=-",
             "origdst", "--port", "tcp:%d" % ORIGDST_PORT] + list(more) + list(extra)
     return Proxy(name, argv, ORIGDST_PORT, "origdst", env=env)
 
 
-def envoy(name, binary, conf, workers):
+class EnvoyProxy(Proxy):
     """
-    Envoy with C{workers} worker threads and the configuration from L{envoy_config}.
+    Envoy on a port of its own at every start: its listener does not bind
+    over the TIME-WAIT sockets that a previous Connection: close phase left
+    on its port (they last 60 s), so each start takes the next port from
+    L{ENVOY_PORT} on instead of waiting for them.
     """
-    return Proxy(name, [binary, "-c", conf, "--concurrency", str(workers),
-                        "--disable-hot-restart", "--log-level", "warn"],
-                 ENVOY_PORT, "envoy")
+
+    #: Starts so far, over all Envoy targets of the run.
+    started = 0
+
+    def __init__(self, name, binary, workers):
+        Proxy.__init__(self, name, [binary, "--concurrency", str(workers)], ENVOY_PORT,
+                       "envoy")
+        self.binary = binary
+        self.workers = workers
+
+    def start(self, bench):
+        self.port = ENVOY_PORT + EnvoyProxy.started
+        EnvoyProxy.started += 1
+        conf = render("envoy.yaml", os.path.join(bench.work, "envoy-%d.yaml" % self.port),
+                      port=self.port)
+        self.argv = [self.binary, "-c", conf, "--concurrency", str(self.workers),
+                     "--disable-hot-restart", "--log-level", "warn"]
+        return Proxy.start(self, bench)
 
 
-def envoy_config(work):
+def envoy(name, binary, workers):
     """
-    @return: the path of Envoy's configuration, written into C{work}.
+    Envoy with C{workers} worker threads and the configuration of
+    bench/templates/envoy.yaml.
     """
-    return render("envoy.yaml", os.path.join(work, "envoy.yaml"), port=ENVOY_PORT)
+    return EnvoyProxy(name, binary, workers)
 
 
 def start_nginx(bench):

