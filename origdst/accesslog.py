@@ -273,31 +273,58 @@ class AccessLog:
         """
         @return: the line in Envoy's default format.
         """
-        v = self._values(record, now, exchange)
-        service = v["upstream_service_time"]
-        return '[%s] "%s %s %s" %d %s %d %d %d %s "%s" "%s" "%s" "%s" "%s"\n' % (
-            v["start_time"],
-            _quoted(v["method"]),
-            _quoted(v["path"]),
-            _quoted(v["protocol"]),
-            v["response_code"],
-            v["response_flags"],
-            v["bytes_received"],
-            v["bytes_sent"],
-            v["duration"],
-            "-" if service is None else service,
-            _quoted(v["x_forwarded_for"]),
-            _quoted(v["user_agent"]),
-            _quoted(v["request_id"]),
-            _quoted(v["authority"]),
-            _quoted(v["upstream_host"]),
-        )
+        return _envoy_line(self._values(record, now, exchange))
 
     def render_json(self, record, now, exchange):
         """
         @return: the line as one JSON object.
         """
         return json.dumps(self._values(record, now, exchange), separators=(",", ":")) + "\n"
+
+    def relay(self, relay, now):
+        """
+        A relayed TCP connection (L{origdst.tcp.Relay}) ended: one line, as
+        Envoy's tcp_proxy logs it (no method, path or status). A TLS
+        connection's server name takes the authority's place and the ALPN
+        protocols offered the protocol's (JSON: C{requested_server_name},
+        C{alpn}).
+        """
+        if self.out is None:
+            return
+        hello = relay.hello
+        sni = hello.server_name if hello is not None else None
+        alpn = ",".join(hello.alpn) if hello is not None and hello.alpn else None
+        flags, details = relay.ending
+        v = {
+            "start_time": self._time(relay.started),
+            "method": None,
+            "path": None,
+            "protocol": alpn,
+            "response_code": 0,
+            "response_flags": flags,
+            "bytes_received": relay.received,
+            "bytes_sent": relay.sent,
+            "duration": max(0, int((now - relay.started) * 1000)),
+            "upstream_service_time": None,
+            "x_forwarded_for": None,
+            "user_agent": None,
+            "request_id": None,
+            "authority": sni,
+            "upstream_host": relay.key,
+            "response_code_details": details,
+            "downstream_remote_address": optional(relay.peer),
+            "upstream_request_attempt_count": 1,
+            "requested_server_name": sni,
+            "alpn": list(hello.alpn) if hello is not None else None,
+        }
+        if self.format == "json":
+            line = json.dumps(v, separators=(",", ":")) + "\n"
+        else:
+            line = _envoy_line(v)
+        self.out.write(line)
+        if self._flush:
+            self.out.flush()
+
 
     def _time(self, seconds):
         """
@@ -308,6 +335,31 @@ class AccessLog:
             self._second = whole
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         return "%s.%03dZ" % (self._stamp, int((seconds - whole) * 1000))
+
+
+def _envoy_line(v):
+    """
+    The values of L{AccessLog._values} in Envoy's default format.
+    """
+    service = v["upstream_service_time"]
+    return '[%s] "%s %s %s" %d %s %d %d %d %s "%s" "%s" "%s" "%s" "%s"\n' % (
+        v["start_time"],
+        _quoted(v["method"]),
+        _quoted(v["path"]),
+        _quoted(v["protocol"]),
+        v["response_code"],
+        v["response_flags"],
+        v["bytes_received"],
+        v["bytes_sent"],
+        v["duration"],
+        "-" if service is None else service,
+        _quoted(v["x_forwarded_for"]),
+        _quoted(v["user_agent"]),
+        _quoted(v["request_id"]),
+        _quoted(v["authority"]),
+        _quoted(v["upstream_host"]),
+    )
+
 
 
 def _text(value):
