@@ -208,9 +208,12 @@ class AccessLog:
         out = self.out
         if out is None:
             return
-        out.write(self._render(record, channel.reactor.seconds(), exchange))
+        self._emit(self._render(record, channel.reactor.seconds(), exchange))
+
+    def _emit(self, line):
+        self.out.write(line)
         if self._flush:
-            out.flush()
+            self.out.flush()
 
     def _values(self, record, now, exchange):
         """
@@ -295,36 +298,25 @@ class AccessLog:
         sni = hello.server_name if hello is not None else None
         alpn = ",".join(hello.alpn) if hello is not None and hello.alpn else None
         flags, details = relay.ending
-        v = {
-            "start_time": self._time(relay.started),
-            "method": None,
-            "path": None,
-            "protocol": alpn,
-            "response_code": 0,
-            "response_flags": flags,
-            "bytes_received": relay.received,
-            "bytes_sent": relay.sent,
-            "duration": max(0, int((now - relay.started) * 1000)),
-            "upstream_service_time": None,
-            "x_forwarded_for": None,
-            "user_agent": None,
-            "request_id": None,
-            "authority": sni,
-            "upstream_host": relay.key,
-            "response_code_details": details,
-            "downstream_remote_address": optional(relay.peer),
-            "upstream_request_attempt_count": 1,
-            "requested_server_name": sni,
-            "alpn": list(hello.alpn) if hello is not None else None,
-        }
-        if self.format == "json":
-            line = json.dumps(v, separators=(",", ":")) + "\n"
-        else:
-            line = _envoy_line(v)
-        self.out.write(line)
-        if self._flush:
-            self.out.flush()
-
+        v = dict.fromkeys(_HTTP_ONLY)
+        v.update(
+            start_time=self._time(relay.started),
+            protocol=alpn,
+            response_code=0,
+            response_flags=flags,
+            bytes_received=relay.received,
+            bytes_sent=relay.sent,
+            duration=max(0, int((now - relay.started) * 1000)),
+            authority=sni,
+            upstream_host=relay.key,
+            response_code_details=details,
+            downstream_remote_address=optional(relay.peer),
+            upstream_request_attempt_count=1,
+            requested_server_name=sni,
+            alpn=list(hello.alpn) if hello is not None else None,
+        )
+        json_line = self.format == "json"
+        self._emit(json.dumps(v, separators=(",", ":")) + "\n" if json_line else _envoy_line(v))
 
     def _time(self, seconds):
         """
@@ -335,6 +327,10 @@ class AccessLog:
             self._second = whole
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         return "%s.%03dZ" % (self._stamp, int((seconds - whole) * 1000))
+
+
+# The fields a relayed connection has no value for.
+_HTTP_ONLY = ("method", "path", "upstream_service_time", "x_forwarded_for", "user_agent", "request_id")
 
 
 def _envoy_line(v):

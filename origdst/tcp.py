@@ -51,6 +51,7 @@ class Relay(Protocol):
     """
 
     upstream = None
+    connector = None
     host = None
     timer = None
     closed = False
@@ -99,7 +100,9 @@ class Relay(Protocol):
         host.pool.cx_total += 1
         if debug_enabled():
             log.debug("{tag} relaying TCP to {key}{sni}.", tag=self.tag, key=self.key, sni=self._sni())
-        self.reactor.connectTCP(ip, port, RelayFactory(self), timeout=self.settings.connect_timeout)
+        self.connector = self.reactor.connectTCP(
+            ip, port, RelayFactory(self), timeout=self.settings.connect_timeout
+        )
         if self.settings.tcp_idle_timeout:
             self.timer = self.reactor.callLater(self.settings.tcp_idle_timeout, self._idle_check)
 
@@ -173,6 +176,9 @@ class Relay(Protocol):
         self.pauser.resume(CONNECTING)
 
     def upstream_failed(self, reason):
+        if self.closed:
+            # The client went away first (close stopped the attempt).
+            return
         stats = self.cluster.stats
         stats.upstream_cx_connect_fail += 1
         self.host.pool.cx_connect_fail += 1
@@ -228,6 +234,8 @@ class Relay(Protocol):
         self.transport.loseConnection()
         if self.upstream is not None:
             self.upstream.transport.loseConnection()
+        elif getattr(self.connector, "state", None) == "connecting":
+            self.connector.stopConnecting()
 
     def connectionLost(self, reason):
         self.close()

@@ -172,6 +172,23 @@ class RelayTests(unittest.TestCase):
             self.assertEqual((stats.upstream_cx_connect_fail, stats.upstream_cx_connect_timeout), (1, timeouts))
             self.assertEqual(ENVOY_LINE.match(proxy.out.getvalue()).group("response_flags"), "UF")
 
+    def test_client_gone_while_connecting(self):
+        """
+        A client that goes away while its upstream connection is being made
+        stops the attempt; a failure reported after that changes nothing.
+        """
+        proxy = RelayHarness(self)
+        relay, client = proxy.relay()
+        connector = proxy.reactor.connectors[-1]
+        stopped = []
+        connector.stopConnecting = lambda: stopped.append(True)
+        connector.state = "connecting"
+        client.loseConnection()
+        self.assertEqual(stopped, [True])
+        proxy.fail(ConnectionRefusedError())
+        self.assertEqual(proxy.cluster.stats.upstream_cx_connect_fail, 0)
+        self.assertEqual(proxy.cluster.stats.tcp_cx_active, 0)
+
     def test_idle_timeout(self):
         """
         A connection that passes no byte for --tcp-idle-timeout is closed;
