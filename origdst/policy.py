@@ -87,7 +87,6 @@ class Policy:
             return "not in --allow-host"
         return None
 
-
     def sni_denied(self, name):
         """
         @param name: a TLS ClientHello's server name (lowercase text), or

@@ -74,6 +74,38 @@ class ClassifyTests(unittest.TestCase):
         self.assertEqual(classify(b"A" * (17 * 1024)), RELAY)
 
 
+class SettingsTests(unittest.TestCase):
+    """
+    The new settings are read and refused with their name.
+    """
+
+    def test_tcp_ports(self):
+        """
+        Ports and ranges, spaces dropped; a bad one names the option.
+        """
+        from origdst import config
+
+        self.assertEqual(config.parse("tcp-ports", " 22, 25,3306-3310 "), "22,25,3306-3310")
+        self.assertEqual(config.parse("tcp-ports", ""), "")
+        for bad in ("0", "22,x", "70000", "30-20"):
+            e = self.assertRaises(config.ConfigError, config.parse, "tcp-ports", bad)
+            self.assertIn("tcp-ports", str(e))
+
+    def test_timeouts(self):
+        """
+        The defaults; a detect timeout must be positive; a bad server name
+        pattern names the option.
+        """
+        from origdst import config
+
+        self.assertEqual(config.Settings().detect_timeout, 0.3)
+        self.assertEqual(config.Settings().tcp_idle_timeout, 3600)
+        self.assertRaises(config.ConfigError, config.parse, "detect-timeout", "0")
+        self.assertEqual(config.parse("tcp-idle-timeout", "0"), 0)
+        e = self.assertRaises(config.ConfigError, config.parse, "allow-sni", "bad_name!")
+        self.assertIn("allow-sni", str(e))
+
+
 class Proxy:
     """
     A listener factory on a memory reactor; its connections go to L{DEST}.
