@@ -134,11 +134,14 @@ class Relay(Protocol):
     # The client.
 
     def dataReceived(self, data):
-        self.received += len(data)
+        n = len(data)
+        self.received += n
         self.last_active = self.reactor.seconds()
+        stats = self.cluster.stats
+        stats.tcp_rx_bytes += n
         upstream = self.upstream
         if upstream is not None:
-            self.cluster.stats.upstream_cx_tx_bytes_total += len(data)
+            stats.upstream_cx_tx_bytes_total += n
             upstream.transport.write(data)
         elif not self.closed:
             self.pending.append(data)
@@ -194,9 +197,12 @@ class Relay(Protocol):
         self.close()
 
     def from_upstream(self, data):
-        self.sent += len(data)
+        n = len(data)
+        self.sent += n
         self.last_active = self.reactor.seconds()
-        self.cluster.stats.upstream_cx_rx_bytes_total += len(data)
+        stats = self.cluster.stats
+        stats.upstream_cx_rx_bytes_total += n
+        stats.tcp_tx_bytes += n
         self.transport.write(data)
 
     def upstream_read_closed(self):
@@ -241,8 +247,6 @@ class Relay(Protocol):
         self.close()
         stats = self.cluster.stats
         stats.tcp_cx_active -= 1
-        stats.tcp_rx_bytes += self.received
-        stats.tcp_tx_bytes += self.sent
         host, self.host = self.host, None
         if host is not None:
             host.relays -= 1

@@ -82,6 +82,35 @@ class RelayTests(unittest.TestCase):
         self.assertEqual((stats.tcp_rx_bytes, stats.tcp_tx_bytes, stats.tcp_cx_active), (11, 8, 0))
         self.assertNotIn(("10.250.0.2", 50000), proxy.cluster.own_addresses)
 
+    def test_stats_names(self):
+        """
+        The relay's counters show under Envoy's tcp_proxy names, bytes as
+        they pass; the ClientHello counts under tls_inspector.
+        """
+        from origdst import stats as statsmodule
+
+        proxy = RelayHarness(self)
+        relay, client = proxy.relay()
+        upstream = proxy.accept()
+        relay.dataReceived(b"1234")
+        upstream.protocol.dataReceived(b"12")
+        proxy.cluster.stats.sni_found += 1
+        text = statsmodule.as_text(statsmodule.collect(proxy.cluster.stats, 0, "original_dst", {}, "0.0.0.0_4999"))
+        for line in (
+            "tcp.origdst.downstream_cx_total: 1",
+            "tcp.origdst.downstream_cx_active: 1",
+            "tcp.origdst.downstream_cx_rx_bytes_total: 4",
+            "tcp.origdst.downstream_cx_tx_bytes_total: 2",
+            "tcp.origdst.idle_timeout: 0",
+            "tcp.origdst.downstream_cx_denied: 0",
+            "tls_inspector.sni_found: 1",
+            "listener.0.0.0.0_4999.downstream_cx_total: 1",
+            "cluster.original_dst.upstream_cx_total: 1",
+        ):
+            self.assertIn(line + "\n", text)
+        prometheus = statsmodule.as_prometheus(statsmodule.collect(proxy.cluster.stats, 0, "original_dst", {}))
+        self.assertIn('envoy_tcp_downstream_cx_total{envoy_tcp_prefix="origdst"} 1', prometheus)
+
     def test_flow_control(self):
         """
         Each side is the other's producer: a full upstream buffer pauses the
