@@ -8,7 +8,9 @@ uid 65534); prints one JSON object:
   - C{echo HOST PORT SIZE}: SIZE bytes sent while the echo is read, then a
     half-close, then the rest of the echo and its C{bye};
   - C{banner HOST PORT}: read the server's greeting, send a line, read the
-    answer.
+    answer;
+  - C{slowread HOST PORT SIZE PAUSE}: read nothing for PAUSE seconds, then
+    SIZE bytes of the pattern until the server closes.
 """
 
 import hashlib
@@ -109,12 +111,29 @@ def banner_client(host, port):
             "waited": waited}
 
 
+def slow_reader(host, port, size, pause):
+    sock = socket.create_connection((host, port), timeout=60)
+    time.sleep(pause)
+    digest = hashlib.sha256()
+    length = 0
+    while True:
+        more = sock.recv(262144)
+        if not more:
+            break
+        digest.update(more)
+        length += len(more)
+    sock.close()
+    return {"length": length, "intact": digest.hexdigest() == hashlib.sha256(pattern(size)).hexdigest()}
+
+
 def main(argv):
     mode, host, port = argv[1], argv[2], int(argv[3])
     if mode == "tls":
         result = tls_client(host, port, argv[4], argv[5], argv[6:] == ["bytewise"])
     elif mode == "echo":
         result = echo_client(host, port, int(argv[4]))
+    elif mode == "slowread":
+        result = slow_reader(host, port, int(argv[4]), float(argv[5]))
     else:
         result = banner_client(host, port)
     print(json.dumps(result))

@@ -4,7 +4,8 @@ Servers for tests/test_relay_e2e.py, standard library only, one per mode:
   - C{tls PORT CERT KEY}: TLS; answers each read with C{echo:} and the bytes;
   - C{echo PORT}: plain TCP; echoes every byte, and after the client's
     half-close sends C{bye} and closes;
-  - C{banner PORT}: speaks first (C{SSH-2.0-relaytest}), then answers one line.
+  - C{banner PORT}: speaks first (C{SSH-2.0-relaytest}), then answers one line;
+  - C{source PORT SIZE}: speaks first: SIZE bytes of a pattern, then closes.
 """
 
 import socket
@@ -59,9 +60,23 @@ def banner(conn):
     conn.sendall(b"got " + line)
 
 
+def source(size):
+    unit = bytes(range(256)) * 1024
+
+    def handle(conn):
+        left = size
+        while left > 0:
+            piece = unit[:left]
+            conn.sendall(piece)
+            left -= len(piece)
+    return handle
+
+
 def main(argv):
     mode, port = argv[1], int(argv[2])
-    if mode == "tls":
+    if mode == "source":
+        handle = source(int(argv[3]))
+    elif mode == "tls":
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(argv[3], argv[4])
         handle = tls_handler(context)

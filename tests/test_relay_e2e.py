@@ -9,6 +9,7 @@ throwaway CA.
 import datetime
 import os
 import sys
+import time
 
 import testbed
 
@@ -20,10 +21,25 @@ TLS_PORT = 443
 ECHO_PORT = 7000
 TCP_PORT = 7001
 BANNER_PORT = 2222
+SOURCE_PORT = 2223
+#: A download four times the proxy's memory budget while the client reads nothing.
+SOURCE_SIZE = 128 * 1024 * 1024
+RSS_BUDGET = 32 * 1024 * 1024
 NAME = "backend.example.test"
 DENIED = "denied.example.test"
 # Several MiB each way.
 SIZE = 8 * 1024 * 1024
+
+
+def rss(pid):
+    """
+    @return: a process's resident memory in bytes.
+    """
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError("no VmRSS")
 
 
 def make_certificates(directory):
@@ -90,7 +106,7 @@ class RelayTests(testbed.TopologyTestCase):
 
     @classmethod
     def build(cls, topology):
-        ports = [TLS_PORT, ECHO_PORT, TCP_PORT, BANNER_PORT]
+        ports = [TLS_PORT, ECHO_PORT, TCP_PORT, BANNER_PORT, SOURCE_PORT]
         topology.add_redirect(testbed.SERVER_V4, ports, PROXY_PORT)
         # The client runs from a world-readable directory: the CA goes there.
         directory = os.path.dirname(topology.client_script)
@@ -100,6 +116,9 @@ class RelayTests(testbed.TopologyTestCase):
         topology.start_server("echo", [python, SERVER, "echo", str(ECHO_PORT)], ECHO_PORT)
         topology.start_server("echo2", [python, SERVER, "echo", str(TCP_PORT)], TCP_PORT)
         topology.start_server("banner", [python, SERVER, "banner", str(BANNER_PORT)], BANNER_PORT)
+        topology.start_server(
+            "source", [python, SERVER, "source", str(SOURCE_PORT), str(SOURCE_SIZE)], SOURCE_PORT
+        )
         topology.start_proxy(
             ["--port", "tcp:%d" % PROXY_PORT, "--access-log", "-",
              "--deny-sni", DENIED, "--tcp-ports", str(TCP_PORT)],
@@ -172,6 +191,20 @@ class RelayTests(testbed.TopologyTestCase):
         self.assertEqual(result["greeting"], "SSH-2.0-relaytest\r\n")
         self.assertEqual(result["answer"], "got hello\n")
         self.assertGreaterEqual(result["waited"], 0.25)
+
+    def test_slow_reader(self):
+        """
+        A client that reads nothing pauses the server instead of filling the
+        proxy's memory; the bytes then arrive intact.
+        """
+        pid = self.topology.proxy.popen.pid
+        before = rss(pid)
+        proc = self.topology.start_script(CLIENT, ["slowread", testbed.SERVER_V4, SOURCE_PORT, SOURCE_SIZE, 3])
+        time.sleep(2.5)
+        during = rss(pid)
+        result = self.topology.finish_script(proc, timeout=300)
+        self.assertEqual(result, {"length": SOURCE_SIZE, "intact": True})
+        self.assertLess(during - before, RSS_BUDGET, "RSS grew from %d to %d" % (before, during))
 
     def test_no_traceback(self):
         """
