@@ -2,12 +2,14 @@
 # Send this host's outgoing TCP connections to origdst (iptables nat OUTPUT
 # REDIRECT), or take that away again.
 #
-#   conf/iptables.sh up   [--port 4999] [--dports 80] [--uid 0] [-4|-6] [--dry-run]
+#   conf/iptables.sh up   [--port 4999] [--dports 80 | --all-ports] [--uid 0] [-4|-6] [--dry-run]
 #   conf/iptables.sh down [-4|-6] [--dry-run]
 #   conf/iptables.sh status
 #
 #   --port    the port origdst listens on (the number in its --port option)
 #   --dports  destination ports to redirect: 80, or a list such as 80,8080
+#   --all-ports  redirect every TCP port: origdst detects HTTP, TLS and other
+#             protocols on its one port (its README, "Protocol detection")
 #   --uid     the user origdst runs as (a name or a number); its own
 #             connections are left alone
 #   -4, -6    IPv4 (iptables) or IPv6 (ip6tables) only; both by default
@@ -43,7 +45,7 @@ FAMILIES=(4 6)
 DRY_RUN=0
 
 usage() { # EXIT_STATUS
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -62,6 +64,7 @@ while [ $# -gt 0 ]; do
         --port=*) PORT=${1#*=}; shift ;;
         --dports) DPORTS=${2:?--dports needs a value}; shift 2 ;;
         --dports=*) DPORTS=${1#*=}; shift ;;
+        --all-ports) DPORTS=all; shift ;;
         --uid) OWNER=${2:?--uid needs a value}; shift 2 ;;
         --uid=*) OWNER=${1#*=}; shift ;;
         -4) FAMILIES=(4); shift ;;
@@ -82,7 +85,7 @@ else
     echo "error: --port must be a port number (or tcp:N / tcp6:N), not '$PORT'" >&2
     exit 2
 fi
-if ! [[ $DPORTS =~ ^[0-9]+(:[0-9]+)?(,[0-9]+(:[0-9]+)?)*$ ]]; then
+if [ "$DPORTS" != all ] && ! [[ $DPORTS =~ ^[0-9]+(:[0-9]+)?(,[0-9]+(:[0-9]+)?)*$ ]]; then
     echo "error: --dports must be a port, a range a:b, or a comma-separated list, not '$DPORTS'" >&2
     exit 2
 fi
@@ -112,7 +115,11 @@ tool_for() {
 
 up() {
     local ipt=$1 match
-    if [[ $DPORTS == *[,:]* ]]; then
+    if [ "$DPORTS" = all ]; then
+        # Every port. A client connecting to the proxy's own port is
+        # redirected to it too, and refused as a loop (508).
+        match=()
+    elif [[ $DPORTS == *[,:]* ]]; then
         match=(-m multiport --dports "$DPORTS")
     else
         match=(--dport "$DPORTS")

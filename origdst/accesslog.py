@@ -208,9 +208,12 @@ class AccessLog:
         out = self.out
         if out is None:
             return
-        out.write(self._render(record, channel.reactor.seconds(), exchange))
+        self._emit(self._render(record, channel.reactor.seconds(), exchange))
+
+    def _emit(self, line):
+        self.out.write(line)
         if self._flush:
-            out.flush()
+            self.out.flush()
 
     def _values(self, record, now, exchange):
         """
@@ -273,31 +276,47 @@ class AccessLog:
         """
         @return: the line in Envoy's default format.
         """
-        v = self._values(record, now, exchange)
-        service = v["upstream_service_time"]
-        return '[%s] "%s %s %s" %d %s %d %d %d %s "%s" "%s" "%s" "%s" "%s"\n' % (
-            v["start_time"],
-            _quoted(v["method"]),
-            _quoted(v["path"]),
-            _quoted(v["protocol"]),
-            v["response_code"],
-            v["response_flags"],
-            v["bytes_received"],
-            v["bytes_sent"],
-            v["duration"],
-            "-" if service is None else service,
-            _quoted(v["x_forwarded_for"]),
-            _quoted(v["user_agent"]),
-            _quoted(v["request_id"]),
-            _quoted(v["authority"]),
-            _quoted(v["upstream_host"]),
-        )
+        return _envoy_line(self._values(record, now, exchange))
 
     def render_json(self, record, now, exchange):
         """
         @return: the line as one JSON object.
         """
         return json.dumps(self._values(record, now, exchange), separators=(",", ":")) + "\n"
+
+    def relay(self, relay, now):
+        """
+        A relayed TCP connection (L{origdst.tcp.Relay}) ended: one line, as
+        Envoy's tcp_proxy logs it (no method, path or status). A TLS
+        connection's server name takes the authority's place and the ALPN
+        protocols offered the protocol's (JSON: C{requested_server_name},
+        C{alpn}).
+        """
+        if self.out is None:
+            return
+        hello = relay.hello
+        sni = hello.server_name if hello is not None else None
+        alpn = ",".join(hello.alpn) if hello is not None and hello.alpn else None
+        flags, details = relay.ending
+        v = dict.fromkeys(_HTTP_ONLY)
+        v.update(
+            start_time=self._time(relay.started),
+            protocol=alpn,
+            response_code=0,
+            response_flags=flags,
+            bytes_received=relay.received,
+            bytes_sent=relay.sent,
+            duration=max(0, int((now - relay.started) * 1000)),
+            authority=sni,
+            upstream_host=relay.key,
+            response_code_details=details,
+            downstream_remote_address=optional(relay.peer),
+            upstream_request_attempt_count=1,
+            requested_server_name=sni,
+            alpn=list(hello.alpn) if hello is not None else None,
+        )
+        json_line = self.format == "json"
+        self._emit(json.dumps(v, separators=(",", ":")) + "\n" if json_line else _envoy_line(v))
 
     def _time(self, seconds):
         """
@@ -308,6 +327,35 @@ class AccessLog:
             self._second = whole
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         return "%s.%03dZ" % (self._stamp, int((seconds - whole) * 1000))
+
+
+# The fields a relayed connection has no value for.
+_HTTP_ONLY = ("method", "path", "upstream_service_time", "x_forwarded_for", "user_agent", "request_id")
+
+
+def _envoy_line(v):
+    """
+    The values of L{AccessLog._values} in Envoy's default format.
+    """
+    service = v["upstream_service_time"]
+    return '[%s] "%s %s %s" %d %s %d %d %d %s "%s" "%s" "%s" "%s" "%s"\n' % (
+        v["start_time"],
+        _quoted(v["method"]),
+        _quoted(v["path"]),
+        _quoted(v["protocol"]),
+        v["response_code"],
+        v["response_flags"],
+        v["bytes_received"],
+        v["bytes_sent"],
+        v["duration"],
+        "-" if service is None else service,
+        _quoted(v["x_forwarded_for"]),
+        _quoted(v["user_agent"]),
+        _quoted(v["request_id"]),
+        _quoted(v["authority"]),
+        _quoted(v["upstream_host"]),
+    )
+
 
 
 def _text(value):

@@ -24,9 +24,10 @@ class Host:
 
     @ivar used: a request chose this host since the last sweep.
     @ivar last_used: when a request last chose it, in the reactor's seconds.
+    @ivar relays: TCP relays (L{origdst.tcp}) open to it.
     """
 
-    __slots__ = ("key", "ip", "port", "pool", "used", "last_used")
+    __slots__ = ("key", "ip", "port", "pool", "used", "last_used", "relays")
 
     def __init__(self, key, ip, port, pool):
         self.key = key
@@ -35,6 +36,7 @@ class Host:
         self.pool = pool
         self.used = False
         self.last_used = None
+        self.relays = 0
 
 
 class OriginalDstCluster(Service):
@@ -84,7 +86,7 @@ class OriginalDstCluster(Service):
         log.debug("Cleaning up stale original dst hosts.")
         removed = False
         for address, host in list(self.hosts.items()):
-            if host.used or host.pool.in_use():
+            if host.used or host.relays or host.pool.in_use():
                 log.debug("Keeping active host {key}.", key=host.key)
                 host.used = False
             else:

@@ -175,6 +175,29 @@ SETTINGS = (
         "Seconds open client connections may take to finish after SIGTERM or "
         "POST /drain_listeners; then they are closed; 0 = close at once.",
     ),
+    # Protocol detection and the TCP relay (origdst.detect, origdst.tcp).
+    Setting(
+        "tcp-ports", readers.port_list, "",
+        "Destination ports whose connections always take the TCP relay, no detection "
+        "(22,25,3306-3310).",
+    ),
+    Setting(
+        "detect-timeout", readers.seconds(), "0.3",
+        "Seconds to wait for a client's first bytes before taking the TCP relay "
+        "(protocols where the server speaks first).",
+    ),
+    # Envoy's tcp_proxy idle_timeout (1 h).
+    Setting(
+        "tcp-idle-timeout", readers.seconds(allow_zero=True), "3600",
+        "Seconds a relayed TCP connection may pass no byte either way; 0 = none.",
+    ),
+    Setting(
+        "allow-sni", readers.host_patterns, "",
+        "TLS server names allowed (example.com, *.example.com); repeatable; set: a "
+        "ClientHello without one is refused.",
+        LIST,
+    ),
+    Setting("deny-sni", readers.host_patterns, "", "TLS server names denied, as --allow-sni.", LIST),
     Setting(
         "access-log", readers.access_log, "none",
         "File to write one line per request to (reopened on SIGHUP), - for stdout, or none.",

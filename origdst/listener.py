@@ -4,7 +4,8 @@ Accepting redirected connections.
 Each accepted connection is asked where it was really going; one that was not
 redirected, or that was addressed to the proxy itself, is answered locally and
 never connected anywhere, so a wrong iptables rule cannot make the proxy dial
-itself.
+itself. Then its first bytes choose the HTTP proxy or the TCP relay
+(L{origdst.detect}).
 """
 
 import itertools
@@ -14,18 +15,22 @@ from twisted.internet.protocol import ServerFactory
 from origdst import replies
 from origdst.addresses import host_port, socket_ip
 from origdst.admission import Admission
+from origdst.detect import Detector
 from origdst.downstream import ProxyChannel
 from origdst.drain import Connections
 from origdst.logs import debug_enabled, logger
 from origdst.policy import Policy
+from origdst.readers import parse_ports
 from origdst.sockopt import NoOriginalDestination, original_destination
+from origdst.tcp import Relay
 
 log = logger("origdst.listener")
 
 
 class ListenerFactory(ServerFactory):
     """
-    Builds a L{ProxyChannel} for each accepted connection.
+    Builds a L{Detector} for each accepted connection, which hands it to a
+    L{ProxyChannel} (L{http_channel}) or a L{Relay} (L{relay}).
     """
 
     noisy = False
@@ -52,17 +57,26 @@ class ListenerFactory(ServerFactory):
         self.policy = Policy(settings, marker)
         self.admission = Admission(settings, self.policy)
         self.access_log = access_log
+        self.tcp_ports = parse_ports(settings.tcp_ports) if settings.tcp_ports else frozenset()
         self._ids = itertools.count(1)
         # The open client connections, for a drain.
         self.connections = Connections()
 
     def buildProtocol(self, addr):
+        return Detector(self, f"[C{next(self._ids)}]")
+
+    def http_channel(self, tag=None, resolved=None):
+        """
+        @param resolved: C{(destination, refusal)} already read by the
+            L{Detector}; looked up when the channel connects if C{None}.
+        @return: a L{ProxyChannel} for a connection that speaks HTTP.
+        """
         channel = ProxyChannel(
             self.cluster,
             self.settings,
             self.reactor,
-            f"[C{next(self._ids)}]",
-            self.resolve_for,
+            tag or f"[C{next(self._ids)}]",
+            self.resolve_for if resolved is None else (lambda channel: resolved),
             self.admission,
         )
         if self.access_log is not None:
@@ -71,17 +85,39 @@ class ListenerFactory(ServerFactory):
         self.connections.add(channel)
         return channel
 
+    def relay(self, tag, peer, destination, hello=None):
+        """
+        @return: a L{Relay} to C{destination}; C{hello} is the
+            L{origdst.tls.ClientHello} of a TLS connection.
+        """
+        return Relay(
+            self.cluster, self.settings, self.reactor, self.policy, tag, peer, destination,
+            hello, self.access_log,
+        )
+
+    def resolve(self, transport, tag):
+        """
+        @return: C{(peer, destination, refusal)} of an accepted connection:
+            where it was going, or why it is not proxied (a reply).
+        """
+        address = transport.getPeer()
+        peer = (socket_ip(address.host), address.port)
+        destination, refusal = self._resolve(transport, tag, peer)
+        return peer, destination, refusal
+
     def resolve_for(self, channel):
         """
         @return: the destination of C{channel}'s connection, or why there is
             none, as L{ProxyChannel} expects from its C{resolve} argument.
         """
-        transport = channel.transport
-        if not self.policy.source_allowed(channel.peer[0]):
+        return self._resolve(channel.transport, channel.tag, channel.peer)
+
+    def _resolve(self, transport, tag, peer):
+        if not self.policy.source_allowed(peer[0]):
             log.info(
                 "{tag} connection from {peer} refused: not in --allow-source.",
-                tag=channel.tag,
-                peer=host_port(*channel.peer),
+                tag=tag,
+                peer=host_port(*peer),
             )
             return None, replies.SOURCE_DENIED
         try:
@@ -92,8 +128,8 @@ class ListenerFactory(ServerFactory):
                 "{tag} connection from {peer} has no original destination ({error}): "
                 "it was not redirected; is the iptables REDIRECT rule in place? "
                 "Answering 503.",
-                tag=channel.tag,
-                peer=host_port(*channel.peer),
+                tag=tag,
+                peer=host_port(*peer),
                 error=e,
             )
             return None, replies.NO_HEALTHY_UPSTREAM
@@ -103,16 +139,16 @@ class ListenerFactory(ServerFactory):
                 "{tag} redirect loop: the connection from {peer} was addressed to "
                 "origdst's own listening address {local}; only redirected traffic "
                 "can be proxied. Answering 508.",
-                tag=channel.tag,
-                peer=host_port(*channel.peer),
+                tag=tag,
+                peer=host_port(*peer),
                 local=host_port(ip, port),
             )
             return None, replies.REDIRECT_LOOP
         if debug_enabled():
             log.debug(
                 "{tag} new connection from {peer} to original destination {dest}.",
-                tag=channel.tag,
-                peer=host_port(*channel.peer),
+                tag=tag,
+                peer=host_port(*peer),
                 dest=host_port(ip, port),
             )
         return (ip, port), None

@@ -32,6 +32,8 @@ class Policy:
         self.deny = [(text, *parse_rule(text)) for text in settings.deny]
         self.allow_host = settings.allow_host
         self.deny_host = settings.deny_host
+        self.allow_sni = settings.allow_sni
+        self.deny_sni = settings.deny_sni
         self.sources = [ipaddress.ip_network(n, strict=False) for n in settings.allow_source]
         self.marker = marker or os.urandom(8).hex().encode("ascii")
         self._verdicts = {}
@@ -83,6 +85,21 @@ class Policy:
                 return f"denied by --deny-host {pattern}"
         if self.allow_host and not any(_name_matches(p, name) for p in self.allow_host):
             return "not in --allow-host"
+        return None
+
+    def sni_denied(self, name):
+        """
+        @param name: a TLS ClientHello's server name (lowercase text), or
+            C{None} when it has none or could not be read.
+        @return: why that connection is refused, or C{None}.
+        """
+        if name is None:
+            return "no TLS server name and --allow-sni is set" if self.allow_sni else None
+        for pattern in self.deny_sni:
+            if _name_matches(pattern, name):
+                return f"denied by --deny-sni {pattern}"
+        if self.allow_sni and not any(_name_matches(p, name) for p in self.allow_sni):
+            return "not in --allow-sni"
         return None
 
 

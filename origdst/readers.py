@@ -166,6 +166,17 @@ def parse_ports(text):
     return frozenset(ports)
 
 
+def port_list(value):
+    """
+    Destination ports, C{22,25,3306-3310}, or nothing: kept as that text
+    (spaces removed), which L{parse_ports} reads.
+    """
+    text = re.sub(r"\s+", "", str(value))
+    if text:
+        parse_ports(text)
+    return text
+
+
 def parse_rule(text):
     """
     Parse one destination rule: C{NETWORK[:PORTS]}, where NETWORK is an IPv4

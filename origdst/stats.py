@@ -12,9 +12,12 @@ dashboards and alerts written for Envoy read origdst too:
     connection manager with C{stat_prefix: origdst});
   - C{listener.<address>.*}: accepted connections;
   - C{cluster.<cluster_name>.*}: upstream connections and requests;
+  - C{tcp.origdst.*}: relayed TCP connections (Envoy's tcp_proxy with
+    C{stat_prefix: origdst}); C{tls_inspector.*}: the
+    ClientHellos read, as Envoy's listener filter counts them;
   - C{server.*}: uptime, state, live;
   - C{origdst.*}: what only a transparent proxy has (connections that had no
-    original destination, redirect loops refused).
+    original destination, redirect loops refused, what detection chose).
 
 It imports only L{origdst.addresses}, another leaf.
 """
@@ -54,6 +57,37 @@ _COUNTERS = (
     "membership_change",
     "no_original_dst",
     "redirect_loop",
+    "tcp_cx_total",
+    "tcp_cx_denied",
+    "tcp_rx_bytes",
+    "tcp_tx_bytes",
+    "tcp_idle_timeout",
+    "tls_found",
+    "sni_found",
+    "sni_not_found",
+    "alpn_found",
+    "alpn_not_found",
+    "http_found",
+    "http_not_found",
+)
+
+# The relay's counters by Envoy's tcp_proxy names (downstream_cx_denied is
+# origdst's own: Envoy's RBAC filter counts those).
+_TCP = (
+    ("downstream_cx_total", "tcp_cx_total"),
+    ("downstream_cx_rx_bytes_total", "tcp_rx_bytes"),
+    ("downstream_cx_tx_bytes_total", "tcp_tx_bytes"),
+    ("idle_timeout", "tcp_idle_timeout"),
+    ("downstream_cx_denied", "tcp_cx_denied"),
+)
+_INSPECTORS = (
+    ("tls_inspector", "tls_found", "tls_found"),
+    ("tls_inspector", "sni_found", "sni_found"),
+    ("tls_inspector", "sni_not_found", "sni_not_found"),
+    ("tls_inspector", "alpn_found", "alpn_found"),
+    ("tls_inspector", "alpn_not_found", "alpn_not_found"),
+    ("origdst", "detected_http", "http_found"),
+    ("origdst", "detected_tcp", "http_not_found"),
 )
 
 
@@ -73,6 +107,7 @@ class Stats:
 
     __slots__ = _COUNTERS + (
         "downstream_cx_active",
+        "tcp_cx_active",
         "downstream_rq_xx",
         "upstream_rq_xx",
         "state",
@@ -82,6 +117,7 @@ class Stats:
     def __init__(self, started=0.0):
         self.reset()
         self.downstream_cx_active = 0
+        self.tcp_cx_active = 0
         self.state = PRE_INITIALIZING
         self.started = started
 
@@ -148,8 +184,8 @@ def collect(stats, now, cluster_name, gauges, listener=None):
         out.append(_scoped("http", "envoy_http_conn_manager_prefix", HTTP_PREFIX, leaf, value, kind))
     if listener is not None:
         for leaf, value, kind in (
-            ("downstream_cx_total", stats.downstream_cx_total, COUNTER),
-            ("downstream_cx_active", stats.downstream_cx_active, GAUGE),
+            ("downstream_cx_total", stats.downstream_cx_total + stats.tcp_cx_total, COUNTER),
+            ("downstream_cx_active", stats.downstream_cx_active + stats.tcp_cx_active, GAUGE),
         ):
             out.append(_scoped("listener", "envoy_listener_address", listener, leaf, value, kind))
     cluster = [
@@ -161,6 +197,11 @@ def collect(stats, now, cluster_name, gauges, listener=None):
     cluster += [(leaf, value, GAUGE) for leaf, value in gauges.items()]
     for leaf, value, kind in cluster:
         out.append(_scoped("cluster", "envoy_cluster_name", cluster_name, leaf, value, kind))
+    for leaf, attr in _TCP:
+        out.append(_scoped("tcp", "envoy_tcp_prefix", HTTP_PREFIX, leaf, getattr(stats, attr), COUNTER))
+    out.append(_scoped("tcp", "envoy_tcp_prefix", HTTP_PREFIX, "downstream_cx_active", stats.tcp_cx_active, GAUGE))
+    for scope, leaf, attr in _INSPECTORS:
+        out.append(Stat(f"{scope}.{leaf}", getattr(stats, attr), COUNTER, f"envoy_{scope}_{leaf}"))
     for leaf in ("no_original_dst", "redirect_loop"):
         out.append(Stat(f"origdst.{leaf}", getattr(stats, leaf), COUNTER, f"envoy_origdst_{leaf}"))
     state = STATE_NUMBERS[stats.state]

@@ -102,7 +102,9 @@ class ProxyHarness:
         )
         transport.getHandle = lambda: transport
         self.destinations[transport] = destination
-        channel = self.factory.buildProtocol(None)
+        # The HTTP side itself: tests/test_detect.py covers the detection
+        # that picks it.
+        channel = self.factory.http_channel()
         transport.protocol = channel
         channel.makeConnection(transport)
         return channel, transport

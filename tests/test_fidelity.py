@@ -32,6 +32,7 @@ PROXY_ARGS = [
     "--connect-timeout", "1",
     "--request-timeout", "0",
     "--idle-timeout", "2",
+    "--tcp-idle-timeout", "2",
     "--request-headers-timeout", "1",
     "--stream-idle-timeout", "5",
     "--upstream-idle-timeout", "1",
@@ -158,7 +159,10 @@ class FidelityTests(testbed.TopologyTestCase):
     def test_idle_timeout(self):
         """
         A client connection that sends nothing is closed after the idle
-        timeout, without a reply.
+        timeout, without a reply. Since protocol detection, sending nothing
+        means a server-speaks-first protocol: the connection is relayed after
+        the detect timeout, and the relay's idle timeout closes it (the HTTP
+        side's idle timeout is tested in tests/test_timeouts.py).
         """
         got = self.raw("", read_timeout=10)
         self.assertTrue(got["closed"], got)

@@ -81,6 +81,29 @@ class HostTests(unittest.TestCase):
         self.assertIsNone(policy().host_denied(b"anything"))
 
 
+class ServerNameTests(unittest.TestCase):
+    def test_sni_patterns(self):
+        """
+        TLS server names match exactly or by a *. suffix (not the bare
+        domain); deny wins; with an allow list a missing name is refused.
+        """
+        p = policy(allow_sni=("example.com", "*.example.org"), deny_sni=("bad.example.org",))
+        self.assertIsNone(p.sni_denied("example.com"))
+        self.assertIsNone(p.sni_denied("a.b.example.org"))
+        self.assertEqual(p.sni_denied("example.org"), "not in --allow-sni")
+        self.assertEqual(p.sni_denied("bad.example.org"), "denied by --deny-sni bad.example.org")
+        self.assertEqual(p.sni_denied(None), "no TLS server name and --allow-sni is set")
+
+    def test_no_sni_rules(self):
+        """
+        Without SNI rules any name, and none, passes; a deny list alone lets
+        a connection without a name through.
+        """
+        self.assertIsNone(policy().sni_denied("anything"))
+        self.assertIsNone(policy().sni_denied(None))
+        self.assertIsNone(policy(deny_sni=("a.example",)).sni_denied(None))
+
+
 class SourceTests(unittest.TestCase):
     def test_sources(self):
         """
