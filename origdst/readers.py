@@ -87,6 +87,25 @@ def port(value):
     return value
 
 
+def port_range(value):
+    """
+    A range of local ports C{LOW-HIGH} (1024 to 65535: binding below needs
+    privileges), or C{none}.
+
+    @return: C{(low, high)}, or L{None} for C{none}.
+    """
+    text = str(value).strip().lower()
+    if text == "none":
+        return None
+    match = re.match(r"^(\d{1,5})-(\d{1,5})$", text)
+    if not match:
+        raise ValueError(f"not a port range LOW-HIGH or none: {value!r}")
+    low, high = int(match.group(1)), int(match.group(2))
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError(f"must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, not {value!r}")
+    return (low, high)
+
+
 def admin(value):
     """
     The admin endpoint, as L{port}, or C{none}; a bare number stays on

@@ -12,7 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import accesslog, admin, config, eventloop, gcbound, workers
+from origdst import accesslog, admin, config, eventloop, gcbound, sourceports, workers
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -210,6 +210,8 @@ def makeService(options, reactor=None):
         out = twistd_log_file(getattr(options, "parent", None))
         observer = None if out is None else json_observer(out)
     top = ProxyService(Stats(reactor.seconds()), observer)
+    if settings.upstream_source_ports:
+        sourceports.check_range(*settings.upstream_source_ports)
     cluster = OriginalDstCluster(settings, reactor, top.stats)
     cluster.setServiceParent(top)
     access_log = accesslog.from_settings(settings)
