@@ -242,7 +242,8 @@ class Exchange:
         service_ms = int((channel.reactor.seconds() - self.sent_at) * 1000)
         channel.transport.write(
             response_head(
-                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
+                status, reason, fields, index, channel.server, channel.prefix, service_ms, frame,
+                channel.via,
             )
         )
         if debug_enabled():

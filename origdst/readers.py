@@ -106,6 +106,23 @@ def port_range(value):
     return (low, high)
 
 
+_VIA_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z:\[\]]+$")
+
+
+def via_name(value):
+    """
+    The received-by of this proxy's Via member (RFC 9110 section 7.6.3:
+    C{received-by = pseudonym [ ":" port ]}, a pseudonym being a token), or
+    empty for none.
+    """
+    value = str(value).strip()
+    if value.lower() in ("", "none"):
+        return ""
+    if not _VIA_NAME.match(value) or len(value) > 128:
+        raise ValueError(f"not a valid Via name (a token such as egress-1): {value!r}")
+    return value
+
+
 def admin(value):
     """
     The admin endpoint, as L{port}, or C{none}; a bare number stays on

@@ -218,15 +218,14 @@ def makeService(options, reactor=None):
     if access_log is not None:
         accesslog.AccessLogService(access_log, reactor).setServiceParent(top)
     worker = os.environ.get(workers.WORKER)
-    marker = os.environ.get(workers.MARKER, "").encode("ascii") if worker else None
-    factory = ListenerFactory(cluster, settings, reactor, access_log=access_log, marker=marker)
+    factory = ListenerFactory(cluster, settings, reactor, access_log=access_log)
     endpoint = None
     if settings.workers > 1:
         endpoint = workers.ReusePortEndpoint.from_description(reactor, settings.port)
     listener = ListenerService(settings.port, factory, reactor, endpoint)
     if settings.workers > 1 and not worker:
         argv = workers.worker_argv(getattr(options, "parent", None), options.argv)
-        workers.WorkerPool(reactor, settings.workers, argv, factory.policy.marker).setServiceParent(top)
+        workers.WorkerPool(reactor, settings.workers, argv).setServiceParent(top)
     if settings.admin != "none" and not worker:
         state = admin.Admin(
             settings,
