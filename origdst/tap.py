@@ -12,7 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import accesslog, admin, config, eventloop, gcbound, sourceports, workers
+from origdst import accesslog, admin, config, eventloop, fdlimit, gcbound, sourceports, workers
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -148,6 +148,7 @@ class ListenerService(Service):
             reason = outcome[0].getErrorMessage() if outcome else "no answer"
             raise SystemExit(f"{self.name}: cannot listen on {self.description}: {reason}")
         self.port = outcome[0]
+        fdlimit.guard(self.reactor, self.port)
         log.info("{name} listening on {port}", name=self.name, port=self.description)
 
     def stopService(self):
@@ -210,6 +211,7 @@ def makeService(options, reactor=None):
         out = twistd_log_file(getattr(options, "parent", None))
         observer = None if out is None else json_observer(out)
     top = ProxyService(Stats(reactor.seconds()), observer)
+    fdlimit.raise_limit()
     if settings.upstream_source_ports:
         sourceports.check_range(*settings.upstream_source_ports)
     cluster = OriginalDstCluster(settings, reactor, top.stats)

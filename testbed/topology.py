@@ -262,7 +262,7 @@ class Topology:
         """
         return self._spawn(name, self.server, list(argv), port, timeout=timeout)
 
-    def start_proxy(self, args, port, name="proxy"):
+    def start_proxy(self, args, port, name="proxy", wrapper=()):
         """
         Start the proxy in C as root under twistd with the repo on C{PYTHONPATH} so the
         plugin in twisted/plugins/ is found.
@@ -270,6 +270,7 @@ class Topology:
         @param args: origdst options after the plugin name, e.g. C{["--port", "tcp6:15001"]}.
         @param port: the port to wait for.
         @param name: the name of its log, C{<name>.log} (more than one proxy: a name each).
+        @param wrapper: a command the proxy runs under, e.g. C{["prlimit", "--nofile=256"]}.
         """
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (
@@ -277,7 +278,7 @@ class Topology:
         env["PYTHONUNBUFFERED"] = "1"
         # The log goes to stdout, i.e. to proxy.log: a twistd log file would rotate at 1 MB
         # and invalidate offsets into it.
-        argv = [self.python, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-",
+        argv = list(wrapper) + [self.python, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-",
                 "origdst"] + list(args)
         self.proxy = self._spawn(name, self.client, argv, port, env=env)
         return self.proxy
