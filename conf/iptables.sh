@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Send this host's outgoing TCP connections to origdst (iptables nat OUTPUT
-# REDIRECT), or take that away again.
+# REDIRECT, and reject what was not redirected), or take that away again.
 #
 #   conf/iptables.sh up   [--port 4999] [--dports 80] [--uid 0] [-4|-6] [--dry-run]
 #   conf/iptables.sh down [-4|-6] [--dry-run]
