@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Send this host's outgoing TCP connections to origdst (iptables nat OUTPUT
-# REDIRECT), or take that away again.
+# REDIRECT, and reject what was not redirected), or take that away again.
 #
 #   conf/iptables.sh up   [--port 4999] [--dports 80 | --all-ports] [--uid 0] [-4|-6] [--dry-run]
 #   conf/iptables.sh down [-4|-6] [--dry-run]
@@ -15,8 +15,21 @@
 #   -4, -6    IPv4 (iptables) or IPv6 (ip6tables) only; both by default
 #   --dry-run print the commands instead of running them
 #
-# The rules live in a chain of their own, ORIGDST in the nat table, jumped to
-# from OUTPUT, so "up" replaces them and "down" removes exactly them.
+# The rules live in chains of their own, ORIGDST in the nat and in the filter
+# table, each jumped to from OUTPUT, so "up" replaces them and "down" removes
+# exactly them.
+#
+# Fail closed: the filter rule rejects (with a TCP reset) any packet to a
+# redirected port from a uid other than the proxy's whose connection was not
+# redirected (-m conntrack ! --ctstate DNAT). The nat rule is consulted only
+# for the first packet of a connection conntrack has not seen; a client
+# connection that happens to get the addresses and source port of an
+# upstream connection the server has just reset (its conntrack entry lingers
+# in CLOSE for 10 s) is taken for that connection and would reach the
+# destination around the proxy: no policy, no log, no request id. With the
+# rule it is refused instead, and origdst binds its upstream connections to
+# ports clients are never given (--upstream-source-ports, 61000-65535, above
+# the kernel's ephemeral range), so the rule should never have to fire.
 #
 # Why the owner match (-m owner ! --uid-owner UID) is needed: origdst opens
 # its upstream connection to the very address the client asked for, say
@@ -133,23 +146,36 @@ up() {
     if [ "$DRY_RUN" = 1 ] || ! "$ipt" -t nat -C OUTPUT -p tcp -j "$CHAIN" 2>/dev/null; then
         run "$ipt" -t nat -A OUTPUT -p tcp -j "$CHAIN"
     fi
+    # Fail closed (see above): what should have been redirected and was not.
+    if [ "$DRY_RUN" = 1 ] || ! "$ipt" -t filter -n -L "$CHAIN" >/dev/null 2>&1; then
+        run "$ipt" -t filter -N "$CHAIN"
+    fi
+    run "$ipt" -t filter -F "$CHAIN"
+    run "$ipt" -t filter -A "$CHAIN" -p tcp "${match[@]}" \
+        -m owner ! --uid-owner "$OWNER" -m conntrack ! --ctstate DNAT \
+        -j REJECT --reject-with tcp-reset
+    if [ "$DRY_RUN" = 1 ] || ! "$ipt" -t filter -C OUTPUT -p tcp -j "$CHAIN" 2>/dev/null; then
+        run "$ipt" -t filter -I OUTPUT -p tcp -j "$CHAIN"
+    fi
 }
 
 down() {
-    local ipt=$1
-    if [ "$DRY_RUN" = 1 ]; then
-        run "$ipt" -t nat -D OUTPUT -p tcp -j "$CHAIN"
-        run "$ipt" -t nat -F "$CHAIN"
-        run "$ipt" -t nat -X "$CHAIN"
-        return
-    fi
-    while "$ipt" -t nat -C OUTPUT -p tcp -j "$CHAIN" 2>/dev/null; do
-        "$ipt" -t nat -D OUTPUT -p tcp -j "$CHAIN"
+    local ipt=$1 table
+    for table in nat filter; do
+        if [ "$DRY_RUN" = 1 ]; then
+            run "$ipt" -t "$table" -D OUTPUT -p tcp -j "$CHAIN"
+            run "$ipt" -t "$table" -F "$CHAIN"
+            run "$ipt" -t "$table" -X "$CHAIN"
+            continue
+        fi
+        while "$ipt" -t "$table" -C OUTPUT -p tcp -j "$CHAIN" 2>/dev/null; do
+            "$ipt" -t "$table" -D OUTPUT -p tcp -j "$CHAIN"
+        done
+        if "$ipt" -t "$table" -n -L "$CHAIN" >/dev/null 2>&1; then
+            "$ipt" -t "$table" -F "$CHAIN"
+            "$ipt" -t "$table" -X "$CHAIN"
+        fi
     done
-    if "$ipt" -t nat -n -L "$CHAIN" >/dev/null 2>&1; then
-        "$ipt" -t nat -F "$CHAIN"
-        "$ipt" -t nat -X "$CHAIN"
-    fi
 }
 
 status=0
@@ -163,16 +189,18 @@ for family in "${FAMILIES[@]}"; do
     case $ACTION in
         up)
             up "$ipt"
-            [ "$DRY_RUN" = 1 ] || echo "IPv$family: TCP to port(s) $DPORTS from any uid but $OWNER -> local port $PORT"
+            [ "$DRY_RUN" = 1 ] || echo "IPv$family: TCP to port(s) $DPORTS from any uid but $OWNER -> local port $PORT (not redirected: rejected)"
             ;;
         down)
             down "$ipt"
             [ "$DRY_RUN" = 1 ] || echo "IPv$family: origdst rules removed"
             ;;
         status)
-            echo "== $ipt -t nat"
-            "$ipt" -t nat -S OUTPUT | grep -e "-j $CHAIN\$" || echo "(no jump to $CHAIN in OUTPUT)"
-            "$ipt" -t nat -S "$CHAIN" 2>/dev/null || echo "(no $CHAIN chain)"
+            for table in nat filter; do
+                echo "== $ipt -t $table"
+                "$ipt" -t "$table" -S OUTPUT | grep -e "-j $CHAIN\$" || echo "(no jump to $CHAIN in OUTPUT)"
+                "$ipt" -t "$table" -S "$CHAIN" 2>/dev/null || echo "(no $CHAIN chain)"
+            done
             ;;
     esac
 done

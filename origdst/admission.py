@@ -12,7 +12,7 @@ from twisted.logger import LogLevel
 
 from origdst import framing, heads, replies
 from origdst.addresses import describe, host_header, host_port, is_ip, parse_authority
-from origdst.headers import LOOP_HEADER, request_head, wants_close, wants_upgrade
+from origdst.headers import request_head, via_names, wants_close, wants_upgrade
 
 HTTP11 = b"HTTP/1.1"
 
@@ -134,6 +134,9 @@ class Admission:
         self.override = self.prefix + b"-original-dst-host"
         self.timeout_ms = int(settings.request_timeout * 1000)
         self.max_count = settings.max_request_headers_count
+        # RFC 9110 section 7.6.3: "1.1 name", the protocol being HTTP/1.1.
+        self.via_name = settings.via.lower().encode("ascii") if settings.via else None
+        self.via = b"1.1 " + settings.via.encode("ascii") if settings.via else None
 
     def admit(self, head, destination, refusal, peer, own_upstream):
         """
@@ -178,7 +181,7 @@ class Admission:
         if refusal is not None:
             return Refused(parsed, refusal, method)
         policy = self.policy
-        if own_upstream or policy.marker in index.get(LOOP_HEADER, ()):
+        if own_upstream or (self.via is not None and b"via" in index and self.via_loop(index)):
             note = self.loop(index, destination, peer, own_upstream)
             return Refused(parsed, replies.REDIRECT_LOOP, method, LogLevel.warn, note)
         ip, port = routed
@@ -222,7 +225,7 @@ class Admission:
         request.upgrade = upgrade
         request.upstream_head = request_head(
             method, target, fields, index, host, self.prefix, self.timeout_ms, frame,
-            policy.marker,
+            self.via,
         )
         request.close_after = wants_close(version, index)
         # Bodies are streamed, not kept, so only a request without one can be
@@ -263,8 +266,8 @@ class Admission:
         """
         Whether this request is the proxy talking to itself: it comes from one
         of the proxy's own upstream connections (a REDIRECT rule without the
-        owner match), or carries this proxy's loop marker (it went round
-        through something else).
+        owner match), or already carries this proxy's C{--via} name (it went
+        round through something else).
 
         @return: the log line naming the likely cause, or C{None}.
         """
@@ -275,10 +278,17 @@ class Admission:
                 "owner match (-m owner ! --uid-owner <origdst's uid>). Answering 508."
                 % describe(destination)
             )
-        if self.policy.marker in index.get(LOOP_HEADER, ()):
+        if self.via is not None and self.via_loop(index):
             return (
                 "redirect loop: a request from %s to %s has already "
-                "passed through this proxy; check the iptables rules and any proxy "
-                "it was forwarded through. Answering 508." % (describe(peer), describe(destination))
+                "passed through this proxy (its Via names %s); check the iptables rules and "
+                "any proxy it was forwarded through. Answering 508."
+                % (describe(peer), describe(destination), self.via_name.decode("ascii"))
             )
         return None
+
+    def via_loop(self, index):
+        """
+        Whether the request's Via already names this proxy.
+        """
+        return self.via_name in via_names(index[b"via"])

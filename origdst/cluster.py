@@ -12,6 +12,7 @@ from twisted.internet.task import LoopingCall
 
 from origdst.logs import logger
 from origdst.pool import Pool
+from origdst.sourceports import SourcePorts
 from origdst.addresses import host_port
 from origdst.stats import Stats
 
@@ -52,6 +53,8 @@ class OriginalDstCluster(Service):
         self.stats = Stats(reactor.seconds()) if stats is None else stats
         self.hosts = {}
         self.own_addresses = set()
+        ports = settings.upstream_source_ports
+        self.source_ports = SourcePorts(*ports) if ports else None
         self._sweeper = None
 
     def host(self, ip, port):
@@ -63,7 +66,8 @@ class OriginalDstCluster(Service):
         if host is None:
             key = host_port(ip, port)
             pool = Pool(
-                key, ip, port, self.settings, self.reactor, self.own_addresses, self.stats
+                key, ip, port, self.settings, self.reactor, self.own_addresses, self.stats,
+                self.source_ports,
             )
             host = self.hosts[(ip, port)] = Host(key, ip, port, pool)
             self.stats.membership_change += 1

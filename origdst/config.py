@@ -99,7 +99,23 @@ SETTINGS = (
     Setting(
         "upstream-idle-timeout", readers.seconds(), "4", "Seconds a pooled upstream connection may stay idle."
     ),
+    # Above Linux's default ephemeral range (32768-60999), so clients never
+    # get one of these ports and cannot match the conntrack entry of an
+    # upstream connection (see origdst.sourceports).
+    Setting(
+        "upstream-source-ports", readers.port_range, "61000-65535",
+        "Local ports of upstream connections, LOW-HIGH outside the clients' ephemeral range, "
+        "or none (the kernel's choice).",
+    ),
     Setting("server-name", readers.header_value, "origdst", "Value of the server header sent to clients."),
+    # Envoy's via: nothing by default, so requests carry nothing that tells
+    # one host from another; with a name, loops through other proxies are
+    # caught (508) by it.
+    Setting(
+        "via", readers.via_name, "",
+        "Add Via: 1.1 NAME to requests and responses, and refuse (508) a request whose Via "
+        "already names NAME; none by default.",
+    ),
     Setting("header-prefix", readers.header_name, "x-envoy", "Prefix of the proxy's own headers."),
     Setting("log-level", readers.log_level, "info", "debug, info, warn or error."),
     Setting("log-format", readers.choice("text", "json"), "text", "text or json (one JSON object per line)."),

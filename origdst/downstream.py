@@ -126,6 +126,7 @@ class ProxyChannel(Protocol):
         self.max_head = settings.max_request_headers_kb * 1024
         self.server = settings.server_name.encode("latin-1")
         self.prefix = settings.header_prefix.encode("ascii")
+        self.via = b"1.1 " + settings.via.encode("ascii") if settings.via else None
 
     def connectionMade(self):
         self.pauser = Pauser(self.transport)

@@ -242,7 +242,8 @@ class Exchange:
         self.close_after = close
         service_ms = int((now - self.sent_at) * 1000)
         head = response_head(
-            status, reason, fields, index, channel.server, channel.prefix, service_ms, frame
+            status, reason, fields, index, channel.server, channel.prefix, service_ms, frame,
+            channel.via,
         )
         if body is not None:
             if self.log is not None:

@@ -23,9 +23,6 @@ HOP_BY_HOP = frozenset(
     ]
 )
 
-# Sent upstream with this process's marker; a request arriving with it has
-# been through this very proxy before: a loop.
-LOOP_HEADER = b"x-origdst-loop"
 
 # A request id worth propagating: visible ASCII, no spaces, of a sane length
 # (not an RFC rule: an id goes into logs and upstream heads as it is).
@@ -157,7 +154,6 @@ def _request_drop(prefix):
             b"x-request-id",
             prefix + b"-expected-rq-timeout-ms",
             prefix + b"-original-dst-host",
-            LOOP_HEADER,
         }
     return drop
 
@@ -169,19 +165,53 @@ def _response_drop(prefix):
     return drop
 
 
-def request_head(method, target, fields, index, host, prefix, timeout_ms, framing, marker):
+def with_via(fields, index, via):
+    """
+    RFC 9110 section 7.6.3: "a proxy MUST send an appropriate Via header
+    field, as described below, in each message that it forwards"; "Each
+    member of the Via header field value represents a proxy or gateway that
+    has forwarded the message", "in the order" it was forwarded: this hop's
+    member goes last, after those that came with the message.
+
+    @param via: this proxy's member, e.g. C{b"1.1 egress-a"}.
+    @return: C{fields} without their Via, and the Via field line to send.
+    """
+    came = index.get(b"via")
+    if not came:
+        return fields, b"via: " + via + b"\r\n"
+    fields = [(n, v) for n, v in fields if n.lower() != b"via"]
+    return fields, b"via: " + b", ".join(came) + b", " + via + b"\r\n"
+
+
+def via_names(values):
+    """
+    @return: the lower-case received-by names of Via field values
+        (C{Via = #( received-protocol RWS received-by [ RWS comment ] )}).
+    """
+    names = []
+    for value in values:
+        for member in value.split(b","):
+            parts = member.split()
+            if len(parts) >= 2:
+                names.append(parts[1].lower())
+    return names
+
+
+def request_head(method, target, fields, index, host, prefix, timeout_ms, framing, via=None):
     """
     The head sent upstream for a client's request.
 
-    The proxy's own request headers (the original-destination override and
-    the loop marker) are never forwarded as the client sent them.
+    The proxy's own request headers (the original-destination override) are
+    never forwarded as the client sent them; nothing but Envoy's documented
+    headers is added, and Via only when asked for (no header that tells one
+    host's requests apart from another's).
 
     @param host: the C{Host} value to add when the client sent none
         (HTTP/1.0), since HTTP/1.1 upstream requires one.
     @param prefix: the lower-case header prefix, e.g. C{b"x-envoy"}.
     @param timeout_ms: the route timeout in ms, or 0 when there is none.
     @param framing: the framing field line, e.g. C{b"content-length: 5\\r\\n"}.
-    @param marker: this process's loop marker.
+    @param via: this proxy's Via member (C{--via}), or C{None}.
     @return: the head as bytes, with its final empty line.
     """
     timeout_name = prefix + b"-expected-rq-timeout-ms"
@@ -189,6 +219,8 @@ def request_head(method, target, fields, index, host, prefix, timeout_ms, framin
     options = connection_options(index)
     if options:
         drop = drop | options
+    if via is not None:
+        fields, via = with_via(fields, index, via)
     out = [method + b" " + target + b" HTTP/1.1\r\n"]
     _copy(out, fields, drop)
     if b"host" not in index:
@@ -197,13 +229,14 @@ def request_head(method, target, fields, index, host, prefix, timeout_ms, framin
     out.append(b"x-request-id: " + request_id(index) + b"\r\n")
     if timeout_ms:
         out.append(timeout_name + b": %d\r\n" % timeout_ms)
-    out.append(LOOP_HEADER + b": " + marker + b"\r\n")
+    if via is not None:
+        out.append(via)
     out.append(framing)
     out.append(b"\r\n")
     return b"".join(out)
 
 
-def response_head(status, reason, fields, index, server, prefix, service_ms, framing):
+def response_head(status, reason, fields, index, server, prefix, service_ms, framing, via=None):
     """
     The head sent to the client for an upstream response.
 
@@ -211,6 +244,7 @@ def response_head(status, reason, fields, index, server, prefix, service_ms, fra
     @param service_ms: ms from sending the request upstream to the response
         head, or C{None} to add no C{<prefix>-upstream-service-time}.
     @param framing: framing and connection field lines, already formatted.
+    @param via: this proxy's Via member (C{--via}), or C{None}.
     @return: the head as bytes, with its final empty line.
     """
     service_name = prefix + b"-upstream-service-time"
@@ -218,8 +252,12 @@ def response_head(status, reason, fields, index, server, prefix, service_ms, fra
     options = connection_options(index)
     if options:
         drop = drop | options
+    if via is not None:
+        fields, via = with_via(fields, index, via)
     out = [b"HTTP/1.1 %d " % status + reason + b"\r\n"]
     _copy(out, fields, drop)
+    if via is not None:
+        out.append(via)
     out.append(b"server: " + server + b"\r\n")
     if service_ms is not None:
         out.append(service_name + b": %d\r\n" % service_ms)

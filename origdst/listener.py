@@ -42,19 +42,17 @@ class ListenerFactory(ServerFactory):
         reactor,
         original_destination=original_destination,
         access_log=None,
-        marker=None,
     ):
         """
         @param original_destination: reads C{(ip, port)} from an accepted
             socket; replaceable so tests can run without iptables.
         @param access_log: the L{origdst.accesslog.AccessLog}, or C{None}.
-        @param marker: the loop marker shared by all workers, if any.
         """
         self.cluster = cluster
         self.settings = settings
         self.reactor = reactor
         self.original_destination = original_destination
-        self.policy = Policy(settings, marker)
+        self.policy = Policy(settings)
         self.admission = Admission(settings, self.policy)
         self.access_log = access_log
         self.tcp_ports = parse_ports(settings.tcp_ports) if settings.tcp_ports else frozenset()

@@ -9,7 +9,6 @@ list allows everything.
 """
 
 import ipaddress
-import os
 
 from origdst.readers import parse_rule
 
@@ -17,17 +16,9 @@ from origdst.readers import parse_rule
 class Policy:
     """
     The compiled egress rules of one L{origdst.config.Settings}.
-
-    @ivar marker: this process's loop marker, sent upstream in
-        L{origdst.headers.LOOP_HEADER}; a request arriving with it has been
-        through this very proxy before.
     """
 
-    def __init__(self, settings, marker=None):
-        """
-        @param marker: the loop marker to use; a new random one by default
-            (workers of one proxy share one).
-        """
+    def __init__(self, settings):
         self.allow = [(text, *parse_rule(text)) for text in settings.allow]
         self.deny = [(text, *parse_rule(text)) for text in settings.deny]
         self.allow_host = settings.allow_host
@@ -35,7 +26,6 @@ class Policy:
         self.allow_sni = settings.allow_sni
         self.deny_sni = settings.deny_sni
         self.sources = [ipaddress.ip_network(n, strict=False) for n in settings.allow_source]
-        self.marker = marker or os.urandom(8).hex().encode("ascii")
         self._verdicts = {}
 
     def source_allowed(self, ip):

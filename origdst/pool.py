@@ -13,6 +13,7 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from origdst.addresses import endpoint
 from origdst.logs import debug_enabled, logger
 from origdst.replies import CONNECT_FAILURE, CONNECT_TIMEOUT, OVERFLOW
+from origdst.sourceports import connect
 from origdst.upstream import UpstreamFactory
 
 log = logger("origdst.pool")
@@ -29,7 +30,7 @@ class Pool:
         admin endpoint's C{/clusters}.
     """
 
-    def __init__(self, key, ip, port, settings, reactor, own_addresses, stats):
+    def __init__(self, key, ip, port, settings, reactor, own_addresses, stats, source_ports=None):
         self.key = key
         self.ip = ip
         self.port = port
@@ -37,6 +38,7 @@ class Pool:
         self.reactor = reactor
         self.own_addresses = own_addresses
         self.stats = stats
+        self.source_ports = source_ports
         self.rq_total = 0
         self.rq_success = 0
         self.rq_error = 0
@@ -109,9 +111,8 @@ class Pool:
         self.connecting += 1
         self.cx_total += 1
         self.stats.upstream_cx_total += 1
-        self.reactor.connectTCP(
-            self.ip, self.port, self.factory, timeout=self.settings.connect_timeout
-        )
+        connect(self.reactor, self.ip, self.port, self.factory,
+                self.settings.connect_timeout, self.source_ports)
 
     def cancel(self, exchange):
         """

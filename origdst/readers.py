@@ -87,6 +87,42 @@ def port(value):
     return value
 
 
+def port_range(value):
+    """
+    A range of local ports C{LOW-HIGH} (1024 to 65535: binding below needs
+    privileges), or C{none}.
+
+    @return: C{(low, high)}, or L{None} for C{none}.
+    """
+    text = str(value).strip().lower()
+    if text == "none":
+        return None
+    match = re.match(r"^(\d{1,5})-(\d{1,5})$", text)
+    if not match:
+        raise ValueError(f"not a port range LOW-HIGH or none: {value!r}")
+    low, high = int(match.group(1)), int(match.group(2))
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError(f"must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, not {value!r}")
+    return (low, high)
+
+
+_VIA_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z:\[\]]+$")
+
+
+def via_name(value):
+    """
+    The received-by of this proxy's Via member (RFC 9110 section 7.6.3:
+    C{received-by = pseudonym [ ":" port ]}, a pseudonym being a token), or
+    empty for none.
+    """
+    value = str(value).strip()
+    if value.lower() in ("", "none"):
+        return ""
+    if not _VIA_NAME.match(value) or len(value) > 128:
+        raise ValueError(f"not a valid Via name (a token such as egress-1): {value!r}")
+    return value
+
+
 def admin(value):
     """
     The admin endpoint, as L{port}, or C{none}; a bare number stays on

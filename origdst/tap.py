@@ -13,7 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import accesslog, admin, config, drain, eventloop, gcbound, workers
+from origdst import accesslog, admin, config, drain, eventloop, fdlimit, gcbound, sourceports, workers
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -151,6 +151,7 @@ class ListenerService(Service):
             reason = outcome[0].getErrorMessage() if outcome else "no answer"
             raise SystemExit(f"{self.name}: cannot listen on {self.description}: {reason}")
         self.port = outcome[0]
+        fdlimit.guard(self.reactor, self.port)
         log.info("{name} listening on {port}", name=self.name, port=self.description)
 
     def stopService(self):
@@ -258,14 +259,16 @@ def makeService(options, reactor=None):
         out = twistd_log_file(getattr(options, "parent", None))
         observer = None if out is None else json_observer(out)
     top = ProxyService(Stats(reactor.seconds()), observer)
+    fdlimit.raise_limit()
+    if settings.upstream_source_ports:
+        sourceports.check_range(*settings.upstream_source_ports)
     cluster = OriginalDstCluster(settings, reactor, top.stats)
     cluster.setServiceParent(top)
     access_log = accesslog.from_settings(settings)
     if access_log is not None:
         accesslog.AccessLogService(access_log, reactor).setServiceParent(top)
     worker = os.environ.get(workers.WORKER)
-    marker = os.environ.get(workers.MARKER, "").encode("ascii") if worker else None
-    factory = ListenerFactory(cluster, settings, reactor, access_log=access_log, marker=marker)
+    factory = ListenerFactory(cluster, settings, reactor, access_log=access_log)
     endpoint = None
     if settings.workers > 1:
         endpoint = workers.ReusePortEndpoint.from_description(reactor, settings.port)
@@ -273,7 +276,7 @@ def makeService(options, reactor=None):
     pool = None
     if settings.workers > 1 and not worker:
         argv = workers.worker_argv(getattr(options, "parent", None), options.argv)
-        pool = workers.WorkerPool(reactor, settings.workers, argv, factory.policy.marker)
+        pool = workers.WorkerPool(reactor, settings.workers, argv)
         pool.setServiceParent(top)
     top.drain = drain.Drain(reactor, top.stats, settings.drain_timeout, [listener], factory.connections, pool)
     if settings.admin != "none" and not worker:

@@ -42,7 +42,8 @@ def switch_protocols(exchange, status, reason, fields, index):
     channel = exchange.channel
     service_ms = int((channel.reactor.seconds() - exchange.sent_at) * 1000)
     channel.transport.write(
-        response_head(status, reason, fields, index, channel.server, channel.prefix, service_ms, frame)
+        response_head(status, reason, fields, index, channel.server, channel.prefix, service_ms, frame,
+                      channel.via)
     )
     log.debug("{tag} tunnel to {key} open.", tag=exchange.tag, key=pool.key)
     exchange.finish()

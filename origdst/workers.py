@@ -4,8 +4,10 @@ Several proxy processes on one port (C{--workers N}).
 One CPython process uses one core. With N workers, the twistd process starts
 N-1 more copies of itself; each listens on the proxy's port through a
 L{ReusePortEndpoint}, and the kernel spreads new connections across them. They
-share nothing but the loop marker, so a redirect loop through any of them is
-still recognised.
+share nothing: a redirect loop is still recognised by the worker whose own
+upstream connection comes back to it (each hop that reaches another worker is
+forwarded once more, from that worker), and with C{--via} by the name, which
+they share as they share every setting.
 """
 
 import os
@@ -24,9 +26,8 @@ from origdst.logs import logger
 
 log = logger("origdst.workers")
 
-# Set in a worker's environment: its number (1..N-1), and the loop marker.
+# Set in a worker's environment: its number (1..N-1).
 WORKER = "ORIGDST_WORKER"
-MARKER = "ORIGDST_LOOP_MARKER"
 
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
@@ -154,11 +155,10 @@ class WorkerPool(Service):
 
     RESTART_DELAY = 1.0
 
-    def __init__(self, reactor, count, argv, marker):
+    def __init__(self, reactor, count, argv):
         self.reactor = reactor
         self.count = count
         self.argv = argv
-        self.marker = marker
         self.processes = {}
 
     def startService(self):
@@ -171,7 +171,6 @@ class WorkerPool(Service):
             return
         env = dict(os.environ)
         env[WORKER] = str(number)
-        env[MARKER] = self.marker.decode("ascii")
         protocol = Worker(self, number)
         self.processes[number] = self.reactor.spawnProcess(
             protocol, self.argv[0], self.argv, env=env, childFDs={0: "w", 1: 1, 2: 2}

@@ -185,23 +185,33 @@ class Topology:
         return ["ip", "netns", "exec", self.client, "setpriv",
                 "--reuid=%d" % CLIENT_UID, "--regid=%d" % CLIENT_UID, "--clear-groups"] + argv
 
-    def add_redirect(self, dst, dports, to_port, owner_match=True):
+    def add_redirect(self, dst, dports, to_port, owner_match=True, fail_closed=True):
         """
-        Add a nat OUTPUT REDIRECT rule in C, with ip6tables for an IPv6 C{dst}.
+        Add a nat OUTPUT REDIRECT rule in C, with ip6tables for an IPv6 C{dst}, and (like
+        C{conf/iptables.sh}) the filter OUTPUT rule that makes it fail closed.
 
         @param dports: destination ports (an int or a list).
         @param owner_match: exclude uid 0 (the proxy) so its upstream connections are not
             redirected back to it; without it, a loop.
+        @param fail_closed: also reject (with a TCP reset) packets to C{dst} on those ports
+            from any uid but 0 whose connection was not redirected: one that matched a
+            conntrack entry of an earlier connection of the proxy never passes the nat rule
+            and would reach C{dst} around the proxy.
         """
         tool = "ip6tables" if ":" in dst else "iptables"
         if isinstance(dports, int):
             dports = [dports]
-        rule = [tool, "-w", "5", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", dst,
-                "-m", "multiport", "--dports", ",".join(str(p) for p in dports)]
+        match = ["-p", "tcp", "-d", dst, "-m", "multiport",
+                 "--dports", ",".join(str(p) for p in dports)]
+        rule = [tool, "-w", "5", "-t", "nat", "-A", "OUTPUT"] + match
         if owner_match:
             rule += ["-m", "owner", "!", "--uid-owner", "0"]
         rule += ["-j", "REDIRECT", "--to-port", str(to_port)]
         self.exec(self.client, rule)
+        if fail_closed:
+            self.exec(self.client, [tool, "-w", "5", "-A", "OUTPUT"] + match + [
+                "-m", "owner", "!", "--uid-owner", "0", "-m", "conntrack", "!", "--ctstate",
+                "DNAT", "-j", "REJECT", "--reject-with", "tcp-reset"])
 
     def listening(self, ns, port):
         """
@@ -252,13 +262,15 @@ class Topology:
         """
         return self._spawn(name, self.server, list(argv), port, timeout=timeout)
 
-    def start_proxy(self, args, port):
+    def start_proxy(self, args, port, name="proxy", wrapper=()):
         """
         Start the proxy in C as root under twistd with the repo on C{PYTHONPATH} so the
         plugin in twisted/plugins/ is found.
 
         @param args: origdst options after the plugin name, e.g. C{["--port", "tcp6:15001"]}.
         @param port: the port to wait for.
+        @param name: the name of its log, C{<name>.log} (more than one proxy: a name each).
+        @param wrapper: a command the proxy runs under, e.g. C{["prlimit", "--nofile=256"]}.
         """
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (
@@ -266,9 +278,9 @@ class Topology:
         env["PYTHONUNBUFFERED"] = "1"
         # The log goes to stdout, i.e. to proxy.log: a twistd log file would rotate at 1 MB
         # and invalidate offsets into it.
-        argv = [self.python, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-",
+        argv = list(wrapper) + [self.python, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-",
                 "origdst"] + list(args)
-        self.proxy = self._spawn("proxy", self.client, argv, port, env=env)
+        self.proxy = self._spawn(name, self.client, argv, port, env=env)
         return self.proxy
 
     def proxy_log(self):

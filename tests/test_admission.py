@@ -17,7 +17,7 @@ PEER = ("10.250.0.2", 40000)
 
 def admission(**settings):
     settings = Settings(**settings)
-    return Admission(settings, Policy(settings, b"marker"))
+    return Admission(settings, Policy(settings))
 
 
 def admit(head, rules=None, destination=DEST, refusal=None, own_upstream=False):
@@ -38,7 +38,8 @@ class AdmittedTests(unittest.TestCase):
         )
         self.assertEqual(request.parsed, (b"GET", b"/a", b"HTTP/1.1", [(b"Host", b"h")]))
         self.assertTrue(request.upstream_head.startswith(b"GET /a HTTP/1.1\r\nHost: h\r\n"))
-        self.assertIn(b"x-origdst-loop: marker\r\n", request.upstream_head)
+        self.assertNotIn(b"x-origdst-loop", request.upstream_head)
+        self.assertNotIn(b"via:", request.upstream_head.lower())
 
     def test_post_with_expect(self):
         """
@@ -137,13 +138,19 @@ class RefusedTests(unittest.TestCase):
         self.assertIn("owner match", refused.note)
         self.assertIn("10.250.0.3:80", refused.note)
 
-    def test_loop_marker(self):
+    def test_via_loop(self):
         """
-        A request carrying this proxy's marker has been here before.
+        With --via, a request whose Via already names this proxy has been
+        here before; without it, or naming another proxy, it is no loop.
         """
-        refused = admit(b"GET / HTTP/1.1\r\nHost: h\r\nx-origdst-loop: marker")
+        rules = admission(via="Egress-A")
+        refused = admit(b"GET / HTTP/1.1\r\nHost: h\r\nVia: 1.0 fred, 1.1 egress-a", rules)
         self.assertIs(refused.reply, replies.REDIRECT_LOOP)
-        self.assertIn("already passed through this proxy", refused.note)
+        self.assertIn("already passed through this proxy (its Via names egress-a)", refused.note)
+        request = admit(b"GET / HTTP/1.1\r\nHost: h\r\nVia: 1.1 egress-b", rules)
+        self.assertIsInstance(request, Admitted)
+        self.assertIn(b"via: 1.1 egress-b, 1.1 Egress-A\r\n", request.upstream_head)
+        self.assertIsInstance(admit(b"GET / HTTP/1.1\r\nHost: h\r\nVia: 1.1 egress-a"), Admitted)
 
     def test_denied(self):
         """

@@ -298,7 +298,9 @@ HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrad
               b"transfer-encoding", b"content-length"}
 #: Request fields origdst sets itself, replacing any the client sent.
 PROXY_REQUEST_FIELDS = {b"x-forwarded-proto", b"x-request-id",
-                        b"x-envoy-expected-rq-timeout-ms", b"x-origdst-loop"}
+                        b"x-envoy-expected-rq-timeout-ms"}
+#: Fields that would tell one host's requests from another's: origdst adds none by default.
+FINGERPRINT_FIELDS = (b"x-origdst-loop", b"via")
 #: Response fields that depend on the hop or the moment.
 HOP_RESPONSE_FIELDS = HOP_BY_HOP | {b"date", b"server", b"x-envoy-upstream-service-time"}
 
@@ -326,8 +328,9 @@ def documented(side, sent, backend_view, response, problems):
         Transfer-Encoding are replaced by origdst's own framing of the same
         body;
       - x-forwarded-proto is http, x-request-id the client's valid one or a
-        new uuid4, x-envoy-expected-rq-timeout-ms the route timeout, and
-        x-origdst-loop the proxy's marker, each replacing what the client sent;
+        new uuid4 and x-envoy-expected-rq-timeout-ms the route timeout, each
+        replacing what the client sent, and nothing else added (no loop
+        marker, no Via);
       - responses are HTTP/1.1 with server: origdst and
         x-envoy-upstream-service-time (ms); Date, and the framing and
         connection fields, are per hop.
@@ -358,7 +361,9 @@ def documented(side, sent, backend_view, response, problems):
                 (added.get(b"x-forwarded-proto") == b"http", "x-forwarded-proto is not http"),
                 (added.get(b"x-envoy-expected-rq-timeout-ms") == REQUEST_TIMEOUT_MS.encode(),
                  "x-envoy-expected-rq-timeout-ms is not the route timeout"),
-                (bool(added.get(b"x-origdst-loop")), "no loop marker"),
+                (all(sum(n.lower() == f for n, _ in headers) ==
+                     sum(n.lower() == f for n, _ in _request_fields(sent))
+                     for f in FINGERPRINT_FIELDS), "a loop marker or Via added"),
                 (got_id == sent_id if VALID_REQUEST_ID.match(sent_id) else UUID.match(got_id),
                  "x-request-id %r" % got_id),
                 (backend_view["version"] == "HTTP/1.1", "not HTTP/1.1 upstream"),

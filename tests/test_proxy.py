@@ -642,24 +642,55 @@ class PolicyTests(unittest.TestCase):
             self.assertEqual(status, 400, value)
         self.assertEqual(proxy.reactor.tcpClients, [])
 
-    def test_loop_marker(self):
+    def test_no_marker_by_default(self):
         """
-        Requests go upstream with this proxy's loop marker; one that comes
-        back with it is refused with 508. Another proxy's marker is replaced.
+        By default nothing but Envoy's documented headers is added upstream:
+        no loop marker and no Via; a client's own x-origdst-loop or Via is
+        just a header, passed on as sent, and not a loop.
         """
         proxy = ProxyHarness(self)
-        channel, _ = proxy.client()
-        channel.dataReceived(GET.replace(b"\r\n\r\n", b"\r\nx-origdst-loop: 0123456789abcdef\r\n\r\n"))
+        channel, client = proxy.client()
+        channel.dataReceived(GET.replace(
+            b"\r\n\r\n", b"\r\nx-origdst-loop: 0123456789abcdef\r\nVia: 1.1 origdst\r\n\r\n"))
         upstream = proxy.accept_upstream()
-        marker = proxy.factory.policy.marker
-        self.assertIn(b"x-origdst-loop: " + marker + b"\r\n", upstream.value())
-        self.assertNotIn(b"0123456789abcdef", upstream.value())
-        (status, _, _, _), _ = self.reply(
-            proxy, GET.replace(b"\r\n\r\n", b"\r\nx-origdst-loop: " + marker + b"\r\n\r\n"),
-            peer=("10.250.0.2", 40001),
-        )
-        self.assertEqual(status, 508)
+        head = upstream.value().split(b"\r\n\r\n")[0].lower()
+        self.assertEqual(head.count(b"x-origdst-loop"), 1)
+        self.assertIn(b"x-origdst-loop: 0123456789abcdef\r\n", head)
+        self.assertEqual(head.count(b"\r\nvia:"), 1)
+        self.assertIn(b"\r\nvia: 1.1 origdst\r\n", head)
+        sent = {line.split(b":")[0].lower() for line in GET.split(b"\r\n")[1:] if line}
+        added = {line.split(b":")[0] for line in head.split(b"\r\n")[1:]}
+        self.assertEqual(added - sent - {b"x-origdst-loop", b"via"},
+                         {b"x-forwarded-proto", b"x-request-id", b"x-envoy-expected-rq-timeout-ms"})
+        upstream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertNotIn(b"\r\nvia:", client.value().lower())
+
+    def test_via_loop(self):
+        """
+        With --via NAME, requests and responses go on with Via: 1.1 NAME
+        appended to the Via they came with, and a request whose Via already
+        names NAME (it went round through another proxy) is refused with 508.
+        """
+        proxy = ProxyHarness(self, via="egress-a")
+        channel, client = proxy.client()
+        channel.dataReceived(GET.replace(b"\r\n\r\n", b"\r\nVia: 1.0 squid\r\n\r\n"))
+        upstream = proxy.accept_upstream()
+        self.assertIn(b"\r\nvia: 1.0 squid, 1.1 egress-a\r\n", upstream.value())
+        self.assertNotIn(b"Via: 1.0 squid\r\n", upstream.value())
+        upstream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nVia: 1.1 cdn\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"\r\nvia: 1.1 cdn, 1.1 egress-a\r\n", client.value())
+        for via in (b"1.1 egress-a", b"1.0 squid, 1.1 EGRESS-A (origdst)", b"HTTP/1.1 egress-a"):
+            (status, _, _, _), _ = self.reply(
+                proxy, GET.replace(b"\r\n\r\n", b"\r\nVia: " + via + b"\r\n\r\n"),
+                peer=("10.250.0.2", 40001),
+            )
+            self.assertEqual(status, 508, via)
         self.assertEqual(len(proxy.reactor.tcpClients), 1)
+        upstream.clear()
+        channel, _ = proxy.client(peer=("10.250.0.2", 40002))
+        channel.dataReceived(GET.replace(b"\r\n\r\n", b"\r\nVia: 1.1 egress-b\r\n\r\n"))
+        self.assertIn(b"\r\nvia: 1.1 egress-b, 1.1 egress-a\r\n", upstream.value(),
+                      "another proxy's name is no loop")
 
 
 class TargetTests(unittest.TestCase):

@@ -162,7 +162,8 @@ class WorkersEndToEndTests(testbed.TopologyTestCase):
     def test_2_loop_caught_across_workers(self):
         """
         A redirect loop is refused whichever worker the looped connection
-        reaches: they share the loop marker.
+        reaches: a hop that reaches another worker is forwarded once more,
+        until one recognises its own upstream connection.
         """
         got = self.topology.run_client({
             "host": testbed.UNASSIGNED_V4, "port": 80, "raw": "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "read_timeout": 10})
