@@ -16,7 +16,7 @@ second with the count of connections refused since the last, and a short pause o
 after an error that left the connection waiting.
 """
 
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 
 from origdst.logs import logger
 

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
+from origdst import sourceports
 from origdst.addresses import endpoint, host_port
 from origdst.flow import Pauser, connect_flow
 from origdst.logs import debug_enabled, logger
@@ -100,8 +101,11 @@ class Relay(Protocol):
         host.pool.cx_total += 1
         if debug_enabled():
             log.debug("{tag} relaying TCP to {key}{sni}.", tag=self.tag, key=self.key, sni=self._sni())
-        self.connector = self.reactor.connectTCP(
-            ip, port, RelayFactory(self), timeout=self.settings.connect_timeout
+        # From the proxy's own source ports, like the pools' connections, so
+        # a client cannot collide with a relayed connection either.
+        self.connector = sourceports.connect(
+            self.reactor, ip, port, RelayFactory(self), self.settings.connect_timeout,
+            self.cluster.source_ports,
         )
         if self.settings.tcp_idle_timeout:
             self.timer = self.reactor.callLater(self.settings.tcp_idle_timeout, self._idle_check)

@@ -621,6 +621,10 @@ DIFFERENCES = [
      "invalid; llhttp accepts 'name='", None),
     ("origdst", "Transfer-Encoding in an HTTP/1.0 request",
      "RFC 9112 section 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty", None),
+    ("origdst", "malformed Transfer-Encoding",
+     "an empty list element or chunked twice: RFC 9110 section 5.6.1 lets a recipient skip "
+     "empty elements, but origdst refuses any Transfer-Encoding that the next hop could read "
+     "another way (request smuggling); llhttp skips them", None),
     ("origdst", "unsupported transfer coding",
      "origdst forwards no coding but chunked (501); llhttp only frames the body", None),
     ("origdst", "Transfer-Encoding does not end in chunked",
@@ -728,6 +732,8 @@ class DifferentialTests(unittest.TestCase):
                 b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "unsupported transfer coding":
                 b"POST / HTTP/1.1\r\n" + h + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "malformed Transfer-Encoding":
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding:, chunked\r\n\r\n0\r\n\r\n",
             "malformed request line": b"GET  / HTTP/1.1\r\n" + h + b"\r\n",
             "malformed status line": b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
             "Transfer-Encoding does not end in chunked":
