@@ -50,6 +50,11 @@ LATE_TERMINATION = ("UC", "upstream_reset_after_response_started{connection_term
 LATE_PROTOCOL_ERROR = ("UPE", "upstream_reset_after_response_started{protocol_error}")
 LATE_TIMEOUT = ("UT", "response_timeout")
 LATE_IDLE_TIMEOUT = ("SI", "stream_idle_timeout")
+# The ways a relayed TCP connection ends otherwise (origdst.tcp).
+RELAY_CONNECT_FAILED = ("UF", "upstream_connection_failure")
+RELAY_CONNECT_TIMED_OUT = ("UF", "upstream_connection_timeout")
+RELAY_IDLE_TIMEOUT = ("SI", "idle_timeout")
+RELAY_SNI_DENIED = ("-", "sni_policy_denied")
 
 class Record:
     """

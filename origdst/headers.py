@@ -197,6 +197,21 @@ def via_names(values):
     return names
 
 
+def _forwarded(fields, index, drop, via):
+    """
+    What both directions do before copying a message's fields: drop also
+    the ones its Connection header names, and take its Via out to resend.
+
+    @return: C{(fields, drop, via)}, C{via} the Via field line or C{None}.
+    """
+    options = connection_options(index)
+    if options:
+        drop = drop | options
+    if via is not None:
+        fields, via = with_via(fields, index, via)
+    return fields, drop, via
+
+
 def request_head(method, target, fields, index, host, prefix, timeout_ms, framing, via=None):
     """
     The head sent upstream for a client's request.
@@ -215,12 +230,7 @@ def request_head(method, target, fields, index, host, prefix, timeout_ms, framin
     @return: the head as bytes, with its final empty line.
     """
     timeout_name = prefix + b"-expected-rq-timeout-ms"
-    drop = _request_drop(prefix)
-    options = connection_options(index)
-    if options:
-        drop = drop | options
-    if via is not None:
-        fields, via = with_via(fields, index, via)
+    fields, drop, via = _forwarded(fields, index, _request_drop(prefix), via)
     out = [method + b" " + target + b" HTTP/1.1\r\n"]
     _copy(out, fields, drop)
     if b"host" not in index:
@@ -248,12 +258,7 @@ def response_head(status, reason, fields, index, server, prefix, service_ms, fra
     @return: the head as bytes, with its final empty line.
     """
     service_name = prefix + b"-upstream-service-time"
-    drop = _response_drop(prefix)
-    options = connection_options(index)
-    if options:
-        drop = drop | options
-    if via is not None:
-        fields, via = with_via(fields, index, via)
+    fields, drop, via = _forwarded(fields, index, _response_drop(prefix), via)
     out = [b"HTTP/1.1 %d " % status + reason + b"\r\n"]
     _copy(out, fields, drop)
     if via is not None:

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
-from origdst import sourceports
+from origdst import accesslog, replies, sourceports
 from origdst.addresses import endpoint, host_port
 from origdst.flow import Pauser, connect_flow
 from origdst.logs import debug_enabled, logger
@@ -28,14 +28,15 @@ log = logger("origdst.tcp")
 
 CONNECTING = "the upstream connection is being made"
 
-# Access log endings (flags, details), as for HTTP (origdst.accesslog).
-RELAYED = ("-", "via_upstream")
-CONNECT_FAILED = ("UF", "upstream_connection_failure")
-CONNECT_TIMED_OUT = ("UF", "upstream_connection_timeout")
-IDLE_TIMEOUT = ("SI", "idle_timeout")
-DENIED = ("-", "egress_policy_denied")
-SNI_DENIED = ("-", "sni_policy_denied")
-LOOP = ("-", "redirect_loop_detected")
+# Access log endings (flags, details): the catalogue is origdst.accesslog's,
+# and a relay refused as an HTTP request would be ends with that reply's.
+RELAYED = accesslog.VIA_UPSTREAM
+CONNECT_FAILED = accesslog.RELAY_CONNECT_FAILED
+CONNECT_TIMED_OUT = accesslog.RELAY_CONNECT_TIMED_OUT
+IDLE_TIMEOUT = accesslog.RELAY_IDLE_TIMEOUT
+SNI_DENIED = accesslog.RELAY_SNI_DENIED
+DENIED = (replies.EGRESS_DENIED.flags, replies.EGRESS_DENIED.details)
+LOOP = (replies.REDIRECT_LOOP.flags, replies.REDIRECT_LOOP.details)
 
 
 @implementer(IHalfCloseableProtocol)
