@@ -16,6 +16,9 @@ second with the count of connections refused since the last, and a short pause o
 after an error that left the connection waiting.
 """
 
+import errno
+
+from twisted.internet.error import ConnectBindError
 from twisted.logger import Logger, globalLogPublisher
 
 from origdst.logs import logger
@@ -134,11 +137,33 @@ class AcceptErrors:
         self.reactor.callLater(self.PAUSE, resume)
 
 
+# The guards of this process's listening ports (see guard).
+_guards = []
+
+
 def guard(reactor, port):
     """
     Route the accept errors of a listening Twisted port through L{AcceptErrors}.  (Twisted's
     C{tcp.Port} logs them through its C{_logger}, the one hook it offers.)
     """
     if hasattr(port, "_logger"):
-        port._logger = Logger(namespace=port._logger.namespace,
-                              observer=AcceptErrors(reactor, port))
+        errors = AcceptErrors(reactor, port)
+        _guards.append(errors)
+        port._logger = Logger(namespace=port._logger.namespace, observer=errors)
+
+
+def count_refused(reason):
+    """
+    Count a client connection closed because its upstream connection found no
+    descriptor (a relayed connection dials at once) in the listening port's
+    report, instead of a line of its own per connection.
+
+    @param reason: the upstream connection's failure.
+    @return: whether it was counted: a descriptor shortage, with a guarded port.
+    """
+    if not _guards or not reason.check(ConnectBindError):
+        return False
+    if reason.value.osError not in (errno.EMFILE, errno.ENFILE):
+        return False
+    _guards[-1]._count()
+    return True

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
-from origdst import accesslog, replies, sourceports
+from origdst import accesslog, fdlimit, replies, sourceports
 from origdst.addresses import endpoint, host_port
 from origdst.flow import Pauser, connect_flow
 from origdst.logs import debug_enabled, logger
@@ -195,10 +195,11 @@ class Relay(Protocol):
             self.ending = CONNECT_TIMED_OUT
         else:
             self.ending = CONNECT_FAILED
-        log.info(
-            "{tag} TCP connection to {key} failed: {reason}; closing the client connection.",
-            tag=self.tag, key=self.key, reason=reason.getErrorMessage(),
-        )
+        if not fdlimit.count_refused(reason):
+            log.info(
+                "{tag} TCP connection to {key} failed: {reason}; closing the client connection.",
+                tag=self.tag, key=self.key, reason=reason.getErrorMessage(),
+            )
         self.close()
 
     def from_upstream(self, data):

@@ -200,7 +200,7 @@ class WorkerPoolDrainTests(unittest.TestCase):
         from twisted.internet.task import Clock
 
         self.clock = Clock()
-        self.pool = workers.WorkerPool(self.clock, 3, ["python"], b"m")
+        self.pool = workers.WorkerPool(self.clock, 3, ["python"])
         self.pool.running = True
         self.processes = {1: FakeProcess(), 2: FakeProcess()}
         self.pool.processes = dict(self.processes)

@@ -3,11 +3,14 @@ Tests for L{origdst.fdlimit}: the fd limit raised at start, and running out of d
 handled cleanly and quietly (issue 12, item 4).
 """
 
+import errno
 import os
 import re
 import time
 
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 import testbed
@@ -114,6 +117,20 @@ class AcceptErrorsTests(unittest.TestCase):
         self.clock.advance(fdlimit.AcceptErrors.PAUSE)
         self.assertTrue(self.port.reading)
         self.assertEqual(self.guard.total, 2)
+
+    def test_upstream_shortage_counted_with_refusals(self):
+        """
+        A relayed connection whose upstream socket found no descriptor is counted in the
+        port's report instead of logging a line of its own; other failures are not.
+        """
+        self.patch(fdlimit, "_guards", [self.guard])
+        shortage = Failure(ConnectBindError(errno.EMFILE, "Too many open files"))
+        self.assertTrue(fdlimit.count_refused(shortage))
+        self.assertFalse(fdlimit.count_refused(Failure(ConnectBindError(errno.EADDRINUSE, "in use"))))
+        self.assertFalse(fdlimit.count_refused(Failure(ConnectionRefusedError())))
+        self.assertEqual((self.guard.total, self.reports), (1, [(0, 1)]))
+        self.patch(fdlimit, "_guards", [])
+        self.assertFalse(fdlimit.count_refused(shortage))
 
 
 PROXY_PORT = 15001
