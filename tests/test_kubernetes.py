@@ -182,10 +182,10 @@ class ManifestTests(unittest.TestCase):
                 self.assertEqual(proxy[probe]["httpGet"]["port"], 9901, name)
         [daemonset] = [spec for name, spec in pod_specs() if name == "daemonset.yaml"]
         self.assertTrue(daemonset["hostNetwork"])
-        stops = [
-            c["lifecycle"]["preStop"]["exec"]["command"] for c in containers(daemonset) if "lifecycle" in c
-        ]
-        self.assertEqual(stops, [["/opt/origdst/conf/iptables.sh", "down"]])
+        # Fail closed: nothing removes the rules when the pod ends, so no
+        # connection reaches its destination around a draining proxy.
+        stops = [c for c in containers(daemonset) if "preStop" in c.get("lifecycle", {})]
+        self.assertEqual(stops, [])
 
 
 class UnitOptionTests(unittest.TestCase):
