@@ -50,6 +50,24 @@ class TuneTests(unittest.TestCase):
         self.addCleanup(os.close, self.fds[0])
         self.addCleanup(os.close, self.fds[1])
 
+    def dispatch_one(self):
+        """
+        Make the pipe readable and run one iteration of the reactor's loop.
+
+        @return: what the reader read, and the calls that went through
+            Twisted's C{log.callWithLogger} meanwhile.
+        """
+        from twisted.internet import epollreactor
+        wrapped = []
+        self.patch(epollreactor.log, "callWithLogger",
+                   lambda *args, **kwargs: wrapped.append(args))
+        reader = Reader(self.fds[0])
+        self.reactor.addReader(reader)
+        os.write(self.fds[1], b"ping")
+        self.reactor.doIteration(0)
+        self.reactor.removeReader(reader)
+        return reader.read, wrapped
+
     def test_other_reactors_untouched(self):
         """
         Only epoll reactors are tuned.
@@ -115,31 +133,14 @@ class TuneTests(unittest.TestCase):
         self.assertTrue(eventloop.tune(self.reactor))
         self.assertTrue(getattr(self.reactor.doIteration, "lean", False))
         self.assertIs(self.reactor.doPoll, self.reactor.doIteration)
-        from twisted.internet import epollreactor
-        wrapped = []
-        self.patch(epollreactor.log, "callWithLogger",
-                   lambda *args, **kwargs: wrapped.append(args))
-        reader = Reader(self.fds[0])
-        self.reactor.addReader(reader)
-        os.write(self.fds[1], b"ping")
-        self.reactor.doIteration(0)
-        self.reactor.removeReader(reader)
-        self.assertEqual((reader.read, wrapped), (b"ping", []))
+        self.assertEqual(self.dispatch_one(), (b"ping", []))
 
     def test_untuned_loop_uses_logging_context(self):
         """
         The check above can fail: Twisted's own loop does go through
         C{log.callWithLogger}.
         """
-        from twisted.internet import epollreactor
-        wrapped = []
-        self.patch(epollreactor.log, "callWithLogger",
-                   lambda *args, **kwargs: wrapped.append(args))
-        reader = Reader(self.fds[0])
-        self.reactor.addReader(reader)
-        os.write(self.fds[1], b"ping")
-        self.reactor.doIteration(0)
-        self.reactor.removeReader(reader)
+        read, wrapped = self.dispatch_one()
         self.assertEqual(len(wrapped), 1)
 
     def test_missing_attribute_warns(self):
