@@ -69,6 +69,17 @@ def _ipv6_loopback():
         return False
 
 
+_LAUNCHER = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 class SocketActivationTests(unittest.TestCase):
     """
     A C{twistd -n origdst} subprocess given a listening socket as fd 3 with
@@ -94,11 +105,11 @@ class SocketActivationTests(unittest.TestCase):
         port = listening.getsockname()[1]
         fd = listening.fileno()
         env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", LISTEN_FDS="1", LISTEN_FDNAMES="origdst.socket")
-        # The shell moves the socket to fd 3 and sets LISTEN_PID to its own
-        # pid, which exec keeps for twistd.
-        script = 'exec 3<&%d %d<&-; LISTEN_PID=$$ exec "$@"' % (fd, fd)
-        argv = ["sh", "-c", script, "sh", sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-",
-                "origdst", "--port", SYSTEMD_PORT, "--admin", "none"]
+        # A small launcher moves the socket to fd 3 and sets LISTEN_PID to
+        # its own pid, which exec keeps for twistd.  (Not sh: dash cannot
+        # name a descriptor above 9, and the socket's number varies.)
+        argv = [sys.executable, "-c", _LAUNCHER, str(fd), sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+                "--logfile=-", "origdst", "--port", SYSTEMD_PORT, "--admin", "none"]
         log = tempfile.TemporaryFile()
         self.addCleanup(log.close)
         proc = subprocess.Popen(argv, env=env, pass_fds=(fd,), stdout=log, stderr=subprocess.STDOUT)
