@@ -363,9 +363,8 @@ class ProxyChannel(Protocol):
         """
         exchange = self.exchange
         if exchange is not None and exchange.state is RESPONDING:
-            # Too late for a reply: a response is under way (a request body
-            # went bad while it streamed), so cut the connection, as Envoy
-            # resets the stream.
+            # Too late for a reply: a response is under way (a request body went
+            # bad while it streamed): cut the connection, as Envoy resets the stream.
             exchange.log_ending(reply.ending(exchange.retried))
             self.close()
             return
@@ -374,6 +373,7 @@ class ProxyChannel(Protocol):
             # A request refused before it became an exchange counts here.
             stats.downstream_rq_total += 1
         stats.downstream_rq_xx[reply.status // 100] += 1
+        stats.responded(exchange.started if exchange is not None else None, None, self.reactor.seconds())
         if reply.status == 508:
             stats.redirect_loop += 1
         self.transport.write(reply.render(self.server, extra, True, method == b"HEAD"))

@@ -80,7 +80,7 @@ class Exchange:
         "state", "channel", "pool", "method", "version", "upstream_head", "chunked_in",
         "conn", "early", "request_done", "chunked_out", "close_after", "replayable",
         "retried", "sent_at", "upgrade", "deadline", "active_at", "continued",
-        "continue_timer", "stream", "log",
+        "continue_timer", "stream", "log", "started", "done_at",
     )
 
     def __init__(self, channel, pool, request):
@@ -103,11 +103,11 @@ class Exchange:
         self.request_done = False
         self.chunked_out = False
         self.retried = False
-        self.sent_at = None
+        self.sent_at = self.done_at = None
         self.deadline = None
         self.continued = False
         self.continue_timer = None
-        self.active_at = channel.reactor.seconds()
+        self.active_at = self.started = channel.reactor.seconds()
         self.stream = next(_streams)
         self.log = channel.log_record
         pool.stats.downstream_rq_total += 1
@@ -134,10 +134,7 @@ class Exchange:
             self.early.extend(pieces)
 
     def request_received(self, trailers):
-        """
-        The whole request has been read from the client: the route timeout
-        starts now.
-        """
+        """The whole request has been read: the route timeout and upstream_rq_time start."""
         self.request_done = True
         if self.chunked_in:
             last = framing.last_chunk(forwardable_trailers(trailers))
@@ -151,9 +148,10 @@ class Exchange:
                 self.state = AWAITING_HEAD
             conn.request_complete()
             disconnect_flow(self.channel.pauser, conn.transport)
+        self.done_at = now = self.channel.reactor.seconds()
         timeout = self.channel.settings.request_timeout
         if timeout:
-            self.deadline = self.channel.reactor.seconds() + timeout
+            self.deadline = now + timeout
 
     # The upstream connection, from the pool.
 
@@ -276,6 +274,7 @@ class Exchange:
         if self.chunked_out:
             self.channel.transport.write(framing.last_chunk(forwardable_trailers(trailers)))
         self.finish()
+        self.pool.stats.responded(self.started, self.done_at, self.channel.reactor.seconds())
         if debug_enabled():
             log.debug("{tag} response complete.", tag=self.tag)
         self.channel.exchange_done(self)

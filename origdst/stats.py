@@ -15,15 +15,28 @@ dashboards and alerts written for Envoy read origdst too:
   - C{tcp.origdst.*}: relayed TCP connections (Envoy's tcp_proxy with
     C{stat_prefix: origdst}); C{tls_inspector.*}: the
     ClientHellos read, as Envoy's listener filter counts them;
-  - C{server.*}: uptime, state, live;
+  - C{server.*}: uptime, state, live, and (with C{--workers}) the workers
+    restarted and those that did not answer the admin;
   - C{origdst.*}: what only a transparent proxy has (connections that had no
     original destination, redirect loops refused, what detection chose).
 
-It imports only L{origdst.addresses}, another leaf.
+Two latency histograms (L{origdst.histogram}) are recorded on the data path:
+C{cluster.<name>.upstream_rq_time}, from the whole request having been read
+to the response's last byte, and C{http.origdst.downstream_rq_time}, from
+the request's start to its response's last byte (local replies included),
+both in milliseconds, as Envoy's.
+
+With C{--workers}, L{snapshot} and L{Stats.add} carry each worker's figures
+to the main process's admin, which shows their sum.
+
+It imports only L{origdst.histogram}, another leaf.
 """
 
 import json
 import re
+
+from origdst import histogram
+from origdst.histogram import HISTOGRAM, Histogram
 
 # How admin names a listening address in stats (C{0.0.0.0_4999}).
 
@@ -69,6 +82,7 @@ _COUNTERS = (
     "alpn_not_found",
     "http_found",
     "http_not_found",
+    "worker_restarts",
 )
 
 # The relay's counters by Envoy's tcp_proxy names (downstream_cx_denied is
@@ -112,12 +126,23 @@ class Stats:
         "upstream_rq_xx",
         "state",
         "started",
+        "upstream_rq_time",
+        "downstream_rq_time",
+        "workers",
+        "workers_missing",
     )
 
     def __init__(self, started=0.0):
         self.reset()
         self.downstream_cx_active = 0
         self.tcp_cx_active = 0
+        # Not reset by /reset_counters, as Envoy's histograms are not.
+        self.upstream_rq_time = Histogram()
+        self.downstream_rq_time = Histogram()
+        # How many processes these figures are the sum of, and the numbers
+        # of the workers that did not answer (set on a merged copy).
+        self.workers = 1
+        self.workers_missing = ()
         self.state = PRE_INITIALIZING
         self.started = started
 
@@ -130,6 +155,58 @@ class Stats:
         # Ten slots: status // 100 of any three-digit status is an index.
         self.downstream_rq_xx = [0] * 10
         self.upstream_rq_xx = [0] * 10
+
+    def responded(self, start, request_done, now):
+        """
+        A response's last byte went to the client: record its latencies.
+
+        @param start: when the request began, or C{None} for a request
+            answered as soon as it was read (a refusal: 0 ms).
+        @param request_done: when the whole request had been read, or
+            C{None} for a local reply or a response that came before the
+            request's end (Envoy records C{upstream_rq_time} for neither).
+        """
+        self.downstream_rq_time.record(0.0 if start is None else (now - start) * 1000)
+        if request_done is not None:
+            self.upstream_rq_time.record((now - request_done) * 1000)
+
+    def flush(self):
+        """
+        End the histograms' interval (every L{histogram.FLUSH_INTERVAL}).
+        """
+        self.upstream_rq_time.flush()
+        self.downstream_rq_time.flush()
+
+    def snapshot(self, gauges=None):
+        """
+        @param gauges: the cluster's gauges, to carry along.
+        @return: the figures as JSON-able data, for L{add} in another process.
+        """
+        data = {name: getattr(self, name) for name in _COUNTERS + _ADDED}
+        data["upstream_rq_time"] = self.upstream_rq_time.snapshot()
+        data["downstream_rq_time"] = self.downstream_rq_time.snapshot()
+        data["gauges"] = gauges or {}
+        return data
+
+    def add(self, snapshot):
+        """
+        Add another process's L{snapshot}: counters, gauges and classes
+        summed, histograms merged bucket by bucket.
+
+        @return: its cluster gauges.
+        """
+        for name in _COUNTERS + ("downstream_cx_active", "tcp_cx_active"):
+            setattr(self, name, getattr(self, name) + snapshot.get(name, 0))
+        for name in ("downstream_rq_xx", "upstream_rq_xx"):
+            setattr(self, name, [a + b for a, b in zip(getattr(self, name), snapshot[name])])
+        self.upstream_rq_time.add(snapshot["upstream_rq_time"])
+        self.downstream_rq_time.add(snapshot["downstream_rq_time"])
+        self.workers += 1
+        return snapshot.get("gauges", {})
+
+
+# The figures a snapshot carries besides the counters.
+_ADDED = ("downstream_cx_active", "tcp_cx_active", "downstream_rq_xx", "upstream_rq_xx")
 
 
 class Stat:
@@ -205,12 +282,18 @@ def collect(stats, now, cluster_name, gauges, listener=None):
     for leaf in ("no_original_dst", "redirect_loop"):
         out.append(Stat(f"origdst.{leaf}", getattr(stats, leaf), COUNTER, f"envoy_origdst_{leaf}"))
     state = STATE_NUMBERS[stats.state]
-    for leaf, value in (
-        ("uptime", int(now - stats.started)),
-        ("state", state),
-        ("live", int(stats.state == LIVE)),
-    ):
+    server = [("uptime", int(now - stats.started)), ("state", state), ("live", int(stats.state == LIVE))]
+    if stats.workers > 1 or stats.workers_missing:
+        server += [("workers", stats.workers + len(stats.workers_missing)), ("workers_missing", len(stats.workers_missing))]
+        out.append(Stat("server.worker_restarts", stats.worker_restarts, COUNTER, "envoy_server_worker_restarts"))
+    for leaf, value in server:
         out.append(Stat(f"server.{leaf}", value, GAUGE, f"envoy_server_{leaf}"))
+    out.append(
+        _scoped("cluster", "envoy_cluster_name", cluster_name, "upstream_rq_time", stats.upstream_rq_time, HISTOGRAM)
+    )
+    out.append(
+        _scoped("http", "envoy_http_conn_manager_prefix", HTTP_PREFIX, "downstream_rq_time", stats.downstream_rq_time, HISTOGRAM)
+    )
     out.sort(key=lambda stat: stat.name)
     return out
 
@@ -230,28 +313,53 @@ def select(stats, pattern=None, used_only=False):
     return stats
 
 
-def as_text(stats):
-    """
-    Envoy's C{/stats}: one C{name: value} line per stat.
-    """
-    return "".join(f"{stat.name}: {stat.value}\n" for stat in stats)
+def _missing_note(missing):
+    if not missing:
+        return ""
+    numbers = ", ".join(str(number) for number in missing)
+    return f"# origdst: the sum leaves out worker {numbers}, which did not answer in time\n"
 
 
-def as_json(stats):
+def as_text(stats, missing=()):
     """
-    Envoy's C{/stats?format=json}: C{{"stats": [{"name": ..., "value": ...}]}}.
+    Envoy's C{/stats}: one C{name: value} line per stat, a line of
+    percentiles for a histogram (L{histogram.as_text}).
+
+    @param missing: the numbers of the workers left out of the sum, named
+        in a last line.
     """
-    return json.dumps({"stats": [{"name": s.name, "value": s.value} for s in stats]}, indent=1)
+    lines = [
+        histogram.as_text(stat.name, stat.value) if stat.kind == HISTOGRAM else f"{stat.name}: {stat.value}\n"
+        for stat in stats
+    ]
+    return "".join(lines) + _missing_note(missing)
+
+
+def as_json(stats, missing=()):
+    """
+    Envoy's C{/stats?format=json}: C{{"stats": [{"name": ..., "value": ...},
+    ..., {"histograms": ...}]}}; origdst adds C{workers_missing} when
+    workers did not answer.
+    """
+    out = [{"name": s.name, "value": s.value} for s in stats if s.kind != HISTOGRAM]
+    histograms = [(s.name, s.value) for s in stats if s.kind == HISTOGRAM]
+    if histograms:
+        out.append(histogram.as_json(histograms))
+    data = {"stats": out}
+    if missing:
+        data["workers_missing"] = list(missing)
+    return json.dumps(data, indent=1)
 
 
 def _label_value(value):
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def as_prometheus(stats):
+def as_prometheus(stats, missing=()):
     """
     The Prometheus text exposition format (version 0.0.4), named as Envoy's
-    C{/stats/prometheus}: one C{# TYPE} line per metric, then its samples.
+    C{/stats/prometheus}: one C{# TYPE} line per metric, then its samples;
+    a comment names the workers left out of the sum.
     """
     metrics = {}
     for stat in stats:
@@ -262,5 +370,8 @@ def as_prometheus(stats):
         lines.append(f"# TYPE {metric} {samples[0].kind}\n")
         for stat in samples:
             labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in stat.labels)
-            lines.append(f"{metric}{{{labels}}} {stat.value}\n" if labels else f"{metric} {stat.value}\n")
-    return "".join(lines)
+            if stat.kind == HISTOGRAM:
+                lines.append(histogram.as_prometheus(metric, labels, stat.value))
+            else:
+                lines.append(f"{metric}{{{labels}}} {stat.value}\n" if labels else f"{metric} {stat.value}\n")
+    return _missing_note(missing) + "".join(lines)

@@ -8,12 +8,13 @@ down the data path.
 import os
 import signal
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from origdst import accesslog, admin, config, drain, eventloop, fdlimit, gcbound, sourceports, workers
+from origdst import accesslog, admin, config, drain, eventloop, fdlimit, gcbound, histogram, sourceports, workers
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
 from origdst.logs import json_observer, logger, set_level, twistd_log_file
@@ -264,6 +265,9 @@ def makeService(options, reactor=None):
         sourceports.check_range(*settings.upstream_source_ports)
     cluster = OriginalDstCluster(settings, reactor, top.stats)
     cluster.setServiceParent(top)
+    flusher = TimerService(histogram.FLUSH_INTERVAL, top.stats.flush)
+    flusher.clock = reactor
+    flusher.setServiceParent(top)
     access_log = accesslog.from_settings(settings)
     if access_log is not None:
         accesslog.AccessLogService(access_log, reactor).setServiceParent(top)

@@ -87,7 +87,11 @@ class EndpointTests(unittest.TestCase):
         ]:
             self.assertIn(line, lines)
         for line in lines:
-            self.assertRegex(line, r"^[\w.\[\]]+: \d+$")
+            if line.startswith(("cluster.original_dst.upstream_rq_time:", "http.origdst.downstream_rq_time:")):
+                # A histogram: Envoy's percentiles (see test_histogram).
+                self.assertRegex(line, r"^[\w.]+: (P[\d.]+\((nan|[\d.]+),[\d.]+\) ?){10}$")
+            else:
+                self.assertRegex(line, r"^[\w.\[\]]+: \d+$")
 
     def test_stats_filter_and_json(self):
         """
@@ -98,7 +102,11 @@ class EndpointTests(unittest.TestCase):
         self.assertEqual(response.text(), "cluster.original_dst.upstream_rq_2xx: 1\n")
         response = self.get("/stats?format=json&filter=^http")
         self.assertEqual(response.header(b"content-type"), "application/json")
-        names = [s["name"] for s in response.json()["stats"]]
+        # The last element is Envoy's histograms one, its names filtered too.
+        *figures, histograms = response.json()["stats"]
+        names = [s["name"] for s in figures]
+        names += [q["name"] for q in histograms["histograms"]["computed_quantiles"]]
+        self.assertIn("http.origdst.downstream_rq_time", names)
         self.assertTrue(names and all(n.startswith("http.origdst.") for n in names), names)
         used = self.get("/stats?usedonly").text()
         self.assertNotIn(": 0\n", used)

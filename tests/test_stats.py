@@ -409,7 +409,9 @@ class FormatTests(unittest.TestCase):
         Envoy's JSON form.
         """
         data = json.loads(statsmodule.as_json(self.collected()))
-        values = {s["name"]: s["value"] for s in data["stats"]}
+        # The last element is Envoy's histograms one (see test_histogram).
+        self.assertEqual(list(data["stats"][-1]), ["histograms"])
+        values = {s["name"]: s["value"] for s in data["stats"][:-1]}
         self.assertEqual(values["http.origdst.downstream_rq_total"], 12)
 
     def test_prometheus(self):
@@ -431,11 +433,17 @@ class FormatTests(unittest.TestCase):
         self.assertIn('envoy_listener_downstream_cx_total{envoy_listener_address="[__]_4999"} 0', lines)
         self.assertIn("envoy_origdst_no_original_dst 2", lines)
         self.assertIn("envoy_server_live 1", lines)
-        # Every sample line is NAME{LABELS} VALUE or NAME VALUE, under its TYPE.
-        current = None
+        # Every sample line is NAME{LABELS} VALUE or NAME VALUE, under its
+        # TYPE; a histogram's are NAME_bucket, NAME_sum and NAME_count.
+        current = kind = None
         for line in lines:
             if line.startswith("# TYPE "):
-                current = line.split()[2]
+                current, kind = line.split()[2:4]
+                continue
+            if kind == "histogram":
+                match = re.match(r'^([a-z_]+)(\{([a-z_]+="[^"]*",?)*\})? -?\d+(\.\d+)?$', line)
+                self.assertTrue(match, line)
+                self.assertIn(match.group(1), [current + "_bucket", current + "_sum", current + "_count"])
                 continue
             match = re.match(r'^([a-z_]+)(\{([a-z_]+="[^"]*",?)*\})? -?\d+$', line)
             self.assertTrue(match, line)
