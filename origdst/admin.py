@@ -21,19 +21,21 @@ such POSTs from other sites, and every request whose C{Host} is not the
 admin's own (DNS rebinding). Nothing on the data path
 imports this module; it reads the counters of L{origdst.stats} and the hosts
 of the cluster when asked, so serving it costs the proxy nothing in between.
+With C{--workers}, C{/stats} and C{/clusters} (so the page too) show the sum
+over every worker, gathered when asked (L{origdst.workerstats}).
 """
 
-import dataclasses
 import json
 import os
 import re
 
+from twisted.internet import defer
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 import origdst
-from origdst import addresses, adminguard, clusterstatus, config, logs, stats
-from origdst.adminguard import AdminGuard
+from origdst import adminguard, clusterstatus, logs, stats
+from origdst.adminstate import Admin  # noqa: F401 (what the endpoints read, and tap makes)
 
 TEXT = b"text/plain; charset=UTF-8"
 JSON = b"application/json"
@@ -48,64 +50,6 @@ PAGE_POLICY = (
 )
 
 _PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
-
-
-class Admin:
-    """
-    What the endpoints read.
-
-    @ivar settings: the effective L{config.Settings}.
-    @ivar cluster: the L{origdst.cluster.OriginalDstCluster}.
-    @ivar reactor: for the time (uptime, last used).
-    @ivar listening: returns the proxy's listening address (an C{IAddress}),
-        or C{None} while it is not listening.
-    @ivar config_path: the config file read, if any.
-    @ivar root: the site's root resource, for the list of endpoints.
-    """
-
-    def __init__(self, settings, cluster, reactor, listening=lambda: None, config_path=None, drain=None):
-        """
-        @param drain: starts the proxy's drain (L{origdst.drain.Drain.start}).
-        """
-        self.drain = drain
-        self.settings = settings
-        self.cluster = cluster
-        self.stats = cluster.stats
-        self.reactor = reactor
-        self.listening = listening
-        self.config_path = config_path
-        self.root = None
-        self.guard = AdminGuard(settings.admin_host, reactor)
-
-    def collect(self):
-        """
-        @return: every stat, as L{stats.Stat}s.
-        """
-        address = self.listening()
-        listener = None
-        if address is not None:
-            if hasattr(address, "port"):
-                listener = addresses.stat_name(address.host, address.port)
-            else:
-                listener = re.sub(r"[^\w.\-\[\]]", "_", str(getattr(address, "name", address)))
-        return stats.collect(
-            self.stats, self.reactor.seconds(), self.settings.cluster_name, self.cluster.gauges(), listener
-        )
-
-    def settings_by_option(self):
-        """
-        @return: the effective settings by option name, as JSON values, with
-            secrets redacted (L{adminguard.redact}).
-        """
-        values = dataclasses.asdict(self.settings)
-        return adminguard.redact({option: values[config.attribute(option)] for option in config.OPTIONS})
-
-    def hosts(self):
-        """
-        @return: C{(host, counters, gauges)} for each current host (see
-            L{clusterstatus.hosts}).
-        """
-        return clusterstatus.hosts(self.cluster)
 
 
 def _arg(request, name, default=None):
@@ -170,11 +114,11 @@ class Endpoint(Resource):
             else:
                 code, (kind, body) = self.change(request)
         else:
-            code, (kind, body) = self.respond(request)
-        # Twisted has no reason phrase for 421 (RFC 9110, 15.5.20).
-        request.setResponseCode(code, b"Misdirected Request" if code == 421 else None)
-        request.setHeader(b"content-type", kind)
-        return body
+            answer = self.respond(request)
+            if isinstance(answer, defer.Deferred):
+                return _later(request, answer)
+            code, (kind, body) = answer
+        return _send(request, code, kind, body)
 
     def respond(self, request):
         """
@@ -274,19 +218,19 @@ class Stats(Endpoint):
         return self.stats(request, _arg(request, "format", "text"))
 
     def stats(self, request, form):
+        if form not in ("text", "json", "prometheus"):
+            return 400, _text(f"usage: /stats?format=(text|json|prometheus), not {form!r}\n")
         try:
-            selected = stats.select(
-                self.admin.collect(), _arg(request, "filter"), b"usedonly" in request.args
-            )
+            re.compile(_arg(request, "filter") or "")
         except re.error as e:
             return 400, _text(f"Invalid regex: {e}\n")
-        if form == "json":
-            return 200, (JSON, stats.as_json(selected).encode("utf-8"))
-        if form == "prometheus":
-            return 200, (PROMETHEUS, stats.as_prometheus(selected).encode("utf-8"))
-        if form != "text":
-            return 400, _text(f"usage: /stats?format=(text|json|prometheus), not {form!r}\n")
-        return 200, _text(stats.as_text(selected))
+        return self.admin.figures().addCallback(self.show, request, form)
+
+    def show(self, figures, request, form):
+        selected = stats.select(self.admin.collect(figures), _arg(request, "filter"), b"usedonly" in request.args)
+        kind = {"json": JSON, "prometheus": PROMETHEUS}.get(form, TEXT)
+        render = {"json": stats.as_json, "prometheus": stats.as_prometheus}.get(form, stats.as_text)
+        return 200, (kind, render(selected, figures.missing).encode("utf-8"))
 
 
 class Prometheus(Stats):
@@ -301,17 +245,15 @@ class Clusters(Endpoint):
 
     def respond(self, request):
         form = _arg(request, "format", "text")
-        if form == "json":
-            return 200, _json(self.as_json())
-        if form != "text":
+        if form not in ("text", "json"):
             return 400, _text(f"usage: /clusters?format=(text|json), not {form!r}\n")
-        return 200, _text(self.as_text())
+        return self.admin.figures().addCallback(self.show, form)
 
-    def as_text(self):
-        return clusterstatus.as_text(self.admin.settings, self.admin.hosts())
-
-    def as_json(self):
-        return clusterstatus.as_json(self.admin.settings, self.admin.hosts())
+    def show(self, figures, form):
+        settings = self.admin.settings
+        if form == "json":
+            return 200, _json(clusterstatus.as_json(settings, figures.hosts, figures.missing))
+        return 200, _text(clusterstatus.as_text(settings, figures.hosts, figures.missing))
 
 
 class Logging(Endpoint):
@@ -363,6 +305,41 @@ class Help(Endpoint):
 
     def respond(self, request):
         return 200, _text(_help_text(self.admin.root))
+
+
+def _send(request, code, kind, body):
+    # Twisted has no reason phrase for 421 (RFC 9110, 15.5.20).
+    request.setResponseCode(code, b"Misdirected Request" if code == 421 else None)
+    request.setHeader(b"content-type", kind)
+    return body
+
+
+def _later(request, answer):
+    """
+    Send what the L{defer.Deferred} C{answer} fires with (as L{Endpoint.respond}
+    returns): at once if it has fired, else when it does.
+    """
+    now, gone = [], []
+    request.notifyFinish().addErrback(gone.append)
+
+    def arrived(result):
+        if not isinstance(result, tuple):
+            logs.logger("origdst.admin").failure("Could not gather the figures.", result)
+            code, result = 500, _text("Internal error gathering the figures; see the log.\n")
+        else:
+            code, result = result
+        if now is None and not gone:
+            request.write(_send(request, code, *result))
+            request.finish()
+        elif now is not None:
+            now.append((code, result))
+
+    answer.addBoth(arrived)
+    if now:
+        code, (kind, body) = now[0]
+        return _send(request, code, kind, body)
+    now = None
+    return NOT_DONE_YET
 
 
 def _help_text(root):

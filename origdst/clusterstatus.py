@@ -4,11 +4,31 @@ text and JSON forms. Read only when asked; nothing here is kept.
 """
 
 
+class HostFigures:
+    """
+    Who a host is, apart from its pool: what C{/clusters} names it by, and
+    what L{origdst.workerstats} merges the workers' figures by.
+    """
+
+    __slots__ = ("key", "ip", "port", "last_used")
+
+    def __init__(self, key, ip, port, last_used):
+        self.key = key
+        self.ip = ip
+        self.port = port
+        self.last_used = last_used
+
+    @property
+    def order(self):
+        return (self.ip, self.port)
+
+
 def hosts(cluster):
     """
     @param cluster: the L{origdst.cluster.OriginalDstCluster}.
-    @return: C{(host, counters, gauges)} for each current host, by key;
-        counters and gauges are C{(name, value)} pairs sorted by name.
+    @return: C{(host, counters, gauges)} for each current host, in address
+        order: the host's L{HostFigures}, then C{(name, value)} pairs sorted
+        by name.
     """
     out = []
     for host in sorted(cluster.hosts.values(), key=lambda h: (h.ip, h.port)):
@@ -24,15 +44,17 @@ def hosts(cluster):
             ("rq_total", pool.rq_total),
         ]
         gauges = [("cx_active", pool.cx_active()), ("rq_active", pool.rq_active())]
-        out.append((host, counters, gauges))
+        out.append((HostFigures(host.key, host.ip, host.port, host.last_used), counters, gauges))
     return out
 
 
-def as_text(settings, figures):
+def as_text(settings, figures, missing=()):
     """
     Envoy's form: C{<cluster>::<host>::<figure>::<value>} lines.
 
     @param figures: what L{hosts} returns.
+    @param missing: the numbers of the workers left out of the sum, named in
+        a C{<cluster>::workers_missing::1,2} line when there are any.
     """
     name = settings.cluster_name
     lines = [
@@ -41,6 +63,8 @@ def as_text(settings, figures):
         f"{name}::default_priority::max_pending_requests::{settings.max_pending_requests}",
         f"{name}::added_via_api::false",
     ]
+    if missing:
+        lines.append(f"{name}::workers_missing::" + ",".join(str(number) for number in missing))
     for host, counters, gauges in figures:
         prefix = f"{name}::{host.key}::"
         lines += [f"{prefix}{figure}::{value}" for figure, value in counters + gauges]
@@ -60,10 +84,11 @@ def as_text(settings, figures):
     return "".join(line + "\n" for line in lines)
 
 
-def as_json(settings, figures):
+def as_json(settings, figures, missing=()):
     """
     Envoy's C{cluster_statuses} form, values as numbers; C{key} and
-    C{last_used} (seconds since the epoch) are origdst's own.
+    C{last_used} (seconds since the epoch) are origdst's own, and so is
+    C{workers_missing}, present when workers did not answer.
 
     @param figures: what L{hosts} returns.
     """
@@ -80,7 +105,7 @@ def as_json(settings, figures):
                 "last_used": host.last_used,
             }
         )
-    return {
+    data = {
         "cluster_statuses": [
             {
                 "name": settings.cluster_name,
@@ -98,3 +123,6 @@ def as_json(settings, figures):
             }
         ]
     }
+    if missing:
+        data["workers_missing"] = list(missing)
+    return data

@@ -113,6 +113,26 @@ def json_observer(out):
     return FileLogObserver(out, format_json)
 
 
+def tagged(observer, number):
+    """
+    With C{--workers}, each process's lines say which it is: C{[worker 1]}
+    as the system of a text line (C{[worker 1,HTTPChannel,...]} for an event
+    that has one), C{"worker": 1} in a JSON one. The main process is 0.
+
+    @return: an observer passing tagged copies of events to C{observer}.
+    """
+    name = f"worker {number}"
+
+    def observe(event):
+        event = dict(event)
+        system = event.get("log_system")
+        event["log_system"] = name if system in (None, "-") else f"{name},{system}"
+        event["worker"] = number
+        observer(event)
+
+    return observe
+
+
 def twistd_log_file(server_options):
     """
     The file twistd would log to, chosen from its own options as twistd

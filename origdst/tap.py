@@ -11,13 +11,14 @@ import signal
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.python import usage
 
 from origdst import accesslog, admin, config, drain, eventloop, fdlimit, gcbound, histogram, sourceports, workers
+from origdst import workerstats
 from origdst.cluster import OriginalDstCluster
 from origdst.listener import ListenerFactory
-from origdst.logs import json_observer, logger, set_level, twistd_log_file
+from origdst.logs import json_observer, logger, set_level, tagged, twistd_log_file
 from origdst.stats import DRAINING, LIVE, Stats
 
 log = logger("origdst.tap")
@@ -256,9 +257,13 @@ def makeService(options, reactor=None):
     eventloop.tune(reactor)
     gcbound.install()
     observer = None
-    if settings.log_format == "json":
+    worker = os.environ.get(workers.WORKER)
+    if settings.log_format == "json" or settings.workers > 1:
         out = twistd_log_file(getattr(options, "parent", None))
-        observer = None if out is None else json_observer(out)
+        if out is not None:
+            observer = json_observer(out) if settings.log_format == "json" else textFileLogObserver(out)
+            if settings.workers > 1:
+                observer = tagged(observer, int(worker or 0))
     top = ProxyService(Stats(reactor.seconds()), observer)
     fdlimit.raise_limit()
     if settings.upstream_source_ports:
@@ -271,7 +276,8 @@ def makeService(options, reactor=None):
     access_log = accesslog.from_settings(settings)
     if access_log is not None:
         accesslog.AccessLogService(access_log, reactor).setServiceParent(top)
-    worker = os.environ.get(workers.WORKER)
+    if worker and os.environ.get(workers.STATS_FD):
+        workerstats.serve(reactor, top.stats, cluster, int(worker), int(os.environ[workers.STATS_FD]))
     factory = ListenerFactory(cluster, settings, reactor, access_log=access_log)
     endpoint = None
     if settings.workers > 1:
@@ -280,7 +286,7 @@ def makeService(options, reactor=None):
     pool = None
     if settings.workers > 1 and not worker:
         argv = workers.worker_argv(getattr(options, "parent", None), options.argv)
-        pool = workers.WorkerPool(reactor, settings.workers, argv)
+        pool = workers.WorkerPool(reactor, settings.workers, argv, top.stats)
         pool.setServiceParent(top)
     top.drain = drain.Drain(reactor, top.stats, settings.drain_timeout, [listener], factory.connections, pool)
     if settings.admin != "none" and not worker:
@@ -291,6 +297,7 @@ def makeService(options, reactor=None):
             listening=lambda: listener.port.getHost() if listener.port is not None else None,
             config_path=options["config"],
             drain=top.drain.start,
+            workers=pool,
         )
         AdminService(admin.listen_description(settings.admin), admin.site(state), reactor).setServiceParent(top)
     listener.setServiceParent(top)

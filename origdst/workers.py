@@ -8,6 +8,12 @@ share nothing: a redirect loop is still recognised by the worker whose own
 upstream connection comes back to it (each hop that reaches another worker is
 forwarded once more, from that worker), and with C{--via} by the name, which
 they share as they share every setting.
+
+The main process is worker 0. Its admin shows the sum over all of them: it
+asks each worker for its figures over a pipe when a page is requested
+(L{origdst.workerstats}). A worker that dies is started again after a delay
+that doubles while it keeps dying soon after starting (a crash loop does not
+spin), and each restart is counted (C{server.worker_restarts}) and logged.
 """
 
 import os
@@ -22,12 +28,16 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from zope.interface import implementer
 
+from origdst import workerstats
 from origdst.logs import logger
 
 log = logger("origdst.workers")
 
 # Set in a worker's environment: its number (1..N-1).
 WORKER = "ORIGDST_WORKER"
+
+# Set in a worker's environment: the descriptor it answers stats requests on.
+STATS_FD = "ORIGDST_STATS_FD"
 
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
@@ -139,27 +149,56 @@ def worker_argv(twistd_options, worker_options):
 
 
 class Worker(ProcessProtocol):
+    """
+    One worker process, seen from the main one: its end, and the answers to
+    stats requests on its descriptor L{workerstats.ANSWER_FD}.
+    """
+
     def __init__(self, pool, number):
         self.pool = pool
         self.number = number
+        self.asker = workerstats.Asker(self._write)
+
+    def _write(self, data):
+        self.transport.writeToChild(0, data)
+
+    def childDataReceived(self, fd, data):
+        if fd == workerstats.ANSWER_FD:
+            self.asker.received(data)
 
     def processEnded(self, reason):
+        self.asker.lost()
         self.pool.ended(self, reason)
 
 
 class WorkerPool(Service):
     """
     Starts the other workers, restarts one that dies, stops them all with
-    the proxy.
+    the proxy, and gathers their figures for the admin.
+
+    @ivar delays: the next restart delay of each worker that died soon after
+        starting.
     """
 
+    #: The first restart delay; it doubles, up to L{MAX_RESTART_DELAY}, for
+    #: each death within L{STABLE} seconds of the worker's start.
     RESTART_DELAY = 1.0
+    MAX_RESTART_DELAY = 30.0
+    STABLE = 30.0
 
-    def __init__(self, reactor, count, argv):
+    def __init__(self, reactor, count, argv, stats=None):
+        """
+        @param stats: the main process's L{origdst.stats.Stats}, which counts
+            the restarts.
+        """
         self.reactor = reactor
         self.count = count
         self.argv = argv
+        self.stats = stats
         self.processes = {}
+        self.protocols = {}
+        self.started = {}
+        self.delays = {}
 
     def startService(self):
         Service.startService(self)
@@ -171,22 +210,51 @@ class WorkerPool(Service):
             return
         env = dict(os.environ)
         env[WORKER] = str(number)
+        env[STATS_FD] = str(workerstats.ANSWER_FD)
         protocol = Worker(self, number)
-        self.processes[number] = self.reactor.spawnProcess(
-            protocol, self.argv[0], self.argv, env=env, childFDs={0: "w", 1: 1, 2: 2}
+        fds = {0: "w", 1: 1, 2: 2, workerstats.ANSWER_FD: "r"}
+        self.processes[number] = process = self.reactor.spawnProcess(
+            protocol, self.argv[0], self.argv, env=env, childFDs=fds
         )
-        log.info("Started worker {number}.", number=number)
+        self.protocols[number] = protocol
+        self.started[number] = self.reactor.seconds()
+        log.info("Started worker {number} (pid {pid}).", number=number, pid=process.pid)
 
     def ended(self, worker, reason):
         self.processes.pop(worker.number, None)
+        self.protocols.pop(worker.number, None)
         self._check_stopped()
         if self.running and not self.draining:
+            number = worker.number
+            lived = self.reactor.seconds() - self.started.get(number, 0)
+            delay = self.RESTART_DELAY
+            if lived < self.STABLE:
+                delay = self.delays.get(number, delay)
+            self.delays[number] = min(delay * 2, self.MAX_RESTART_DELAY)
+            restarts = None
+            if self.stats is not None:
+                self.stats.worker_restarts += 1
+                restarts = self.stats.worker_restarts
             log.warn(
-                "Worker {number} ended ({reason}); restarting it.",
-                number=worker.number,
+                "Worker {number} ended ({reason}) after {lived:.1f} s; restarting it in {delay:g} s"
+                " (worker restarts: {restarts}).",
+                number=number,
                 reason=reason.getErrorMessage(),
+                lived=lived,
+                delay=delay,
+                restarts=restarts,
             )
-            self.reactor.callLater(self.RESTART_DELAY, self.spawn, worker.number)
+            self.reactor.callLater(delay, self.spawn, number)
+
+    def gather(self, timeout=workerstats.ANSWER_TIMEOUT):
+        """
+        Ask every running worker for its figures.
+
+        @return: a L{defer.Deferred} firing with C{(answers, missing)} (see
+            L{workerstats.gather}).
+        """
+        askers = {number: protocol.asker for number, protocol in self.protocols.items()}
+        return workerstats.gather(self.reactor, askers, range(1, self.count), timeout)
 
     draining = False
 
