@@ -34,6 +34,7 @@ It imports only L{origdst.histogram}, another leaf.
 
 import json
 import re
+from bisect import bisect_left
 
 from origdst import histogram
 from origdst.histogram import HISTOGRAM, Histogram
@@ -156,7 +157,7 @@ class Stats:
         self.downstream_rq_xx = [0] * 10
         self.upstream_rq_xx = [0] * 10
 
-    def responded(self, start, request_done, now):
+    def responded(self, start, request_done, now, _bisect=bisect_left, _bounds=histogram.BOUNDS):
         """
         A response's last byte went to the client: record its latencies.
 
@@ -166,9 +167,16 @@ class Stats:
             C{None} for a local reply or a response that came before the
             request's end (Envoy records C{upstream_rq_time} for neither).
         """
-        self.downstream_rq_time.record(0.0 if start is None else (now - start) * 1000)
+        # Histogram.record, inlined: this runs once per request.
+        ms = 0.0 if start is None else (now - start) * 1000
+        times = self.downstream_rq_time
+        times.counts[_bisect(_bounds, ms)] += 1
+        times.sum += ms
         if request_done is not None:
-            self.upstream_rq_time.record((now - request_done) * 1000)
+            ms = (now - request_done) * 1000
+            times = self.upstream_rq_time
+            times.counts[_bisect(_bounds, ms)] += 1
+            times.sum += ms
 
     def flush(self):
         """

@@ -2,9 +2,12 @@
 Tests for C{--workers}: several proxy processes sharing the port.
 """
 
+import json
 import os
+import re
 import signal
 import socket
+import sys
 import time
 
 from twisted.internet import defer
@@ -129,6 +132,7 @@ class ParseTests(unittest.TestCase):
 
 
 PROXY_PORT = 15005
+ADMIN_PORT = 19905
 
 
 class WorkersEndToEndTests(testbed.TopologyTestCase):
@@ -140,9 +144,47 @@ class WorkersEndToEndTests(testbed.TopologyTestCase):
         topology.add_redirect(testbed.UNASSIGNED_V4, [80], PROXY_PORT, owner_match=False)
         topology.start_backend(80)
         topology.start_proxy(
-            ["--port", "tcp:%d" % PROXY_PORT, "--workers", "2", "--log-level", "debug", "--admin", "none"],
+            ["--port", "tcp:%d" % PROXY_PORT, "--workers", "2", "--log-level", "debug",
+             "--admin", "tcp:%d:interface=127.0.0.1" % ADMIN_PORT, "--cleanup-interval", "120"],
             PROXY_PORT,
         )
+
+    def admin(self, path):
+        """
+        One GET to the main process's admin, from inside namespace C: @return: the body.
+        """
+        from tests.test_admin_e2e import FETCH
+
+        proc = self.topology.exec(self.topology.client, [
+            sys.executable, "-c", FETCH, "http://127.0.0.1:%d%s" % (ADMIN_PORT, path), "GET", "{}"])
+        answer = json.loads(proc.stdout)
+        self.assertEqual(answer["status"], 200, answer)
+        return answer["body"]
+
+    def stats(self):
+        data = json.loads(self.admin("/stats?format=json"))
+        return {s["name"]: s["value"] for s in data["stats"] if "name" in s}
+
+    def prometheus(self, metric):
+        """
+        @return: the value of the sample whose name and labels are C{metric}.
+        """
+        for line in self.admin("/stats/prometheus").splitlines():
+            if line.startswith(metric + " "):
+                return float(line.split()[-1])
+        self.fail("no %s in /stats/prometheus" % metric)
+
+    def host_requests(self):
+        data = json.loads(self.admin("/clusters?format=json"))
+        [host] = [h for h in data["cluster_statuses"][0]["host_statuses"] if h["key"] == "%s:80" % testbed.SERVER_V4]
+        return {s["name"]: s["value"] for s in host["stats"]}["rq_total"]
+
+    def send(self, count):
+        spec = {"connections": [
+            {"host": testbed.SERVER_V4, "port": 80, "requests": [{"path": "/echo"}]} for _ in range(count)
+        ]}
+        result = self.topology.run_client(spec)
+        self.assertEqual([c["responses"][0]["status"] for c in result["connections"]], [200] * count)
 
     def test_1_both_serve(self):
         """
@@ -169,6 +211,48 @@ class WorkersEndToEndTests(testbed.TopologyTestCase):
             "host": testbed.UNASSIGNED_V4, "port": 80, "raw": "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "read_timeout": 10})
         self.assertEqual(got["status"], 508, got)
         self.assertLessEqual(self.topology.proxy_log().count("redirect loop"), 10)
+
+    def test_2b_report_as_one(self):
+        """
+        The main process's admin shows the sum over both workers: requests
+        spread over both (each worker's log lines name it) are all counted,
+        in /stats, the latency histogram of /stats/prometheus and /clusters.
+        """
+        time_count = 'envoy_cluster_upstream_rq_time_count{envoy_cluster_name="original_dst"}'
+        before, before_time, before_host = self.stats(), self.prometheus(time_count), self.host_requests()
+        self.assertEqual((before["server.workers"], before["server.workers_missing"]), (2, 0))
+        log_before = len(self.topology.proxy_log())
+        self.send(30)
+        after = self.stats()
+        for name in ("http.origdst.downstream_rq_total", "cluster.original_dst.upstream_rq_2xx",
+                     "http.origdst.downstream_cx_total"):
+            self.assertEqual(after[name] - before[name], 30, name)
+        self.assertEqual(self.prometheus(time_count) - before_time, 30)
+        self.assertEqual(self.host_requests() - before_host, 30)
+        log = self.topology.proxy_log()[log_before:]
+        served = [len(re.findall(r"\[worker %d\] \[C\d+\] new connection" % n, log)) for n in (0, 1)]
+        self.assertEqual(sum(served), 30, served)
+        self.assertTrue(all(served), "both workers served: %r" % (served,))
+
+    def test_2c_worker_restarted(self):
+        """
+        A worker killed by its PID is started again, the restart counted in
+        server.worker_restarts and logged; the sum includes it again.
+        """
+        started = re.findall(r"Started worker 1 \(pid (\d+)\)", self.topology.proxy_log())
+        self.assertEqual(len(started), 1, started)
+        self.assertEqual(self.stats()["server.worker_restarts"], 0)
+        os.kill(int(started[0]), signal.SIGKILL)
+        testbed.wait_for(
+            lambda: len(re.findall(r"Started worker 1 \(pid (\d+)\)", self.topology.proxy_log())) == 2,
+            20, what="worker 1 restarted")
+        self.assertRegex(self.topology.proxy_log(), r"\[worker 0\] Worker 1 ended .*; restarting it in 1 s "
+                         r"\(worker restarts: 1\)")
+        testbed.wait_for(lambda: self.topology.proxy_log().count("origdst listening on") >= 3, 20,
+                         what="the new worker listening")
+        stats = self.stats()
+        self.assertEqual((stats["server.worker_restarts"], stats["server.workers_missing"]), (1, 0))
+        self.send(10)
 
     def test_3_workers_stop_with_parent(self):
         """
