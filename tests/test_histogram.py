@@ -6,7 +6,6 @@ the times measured on a L{MemoryReactorClock}.
 
 import json
 import math
-import re
 
 from twisted.trial import unittest
 
