@@ -231,6 +231,13 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
         [(host, requests, rate)] = found
         self.assertEqual((host, requests), (new, 1))
         self.assertGreater(rate, 0)
+        # The upstream latency tile shows p50 / p99 from the histogram.
+        latency = page.wait_for(
+            session, "/^\\d+\\.\\d \\/ \\d+\\.\\d$/.test(document.getElementById('latency').textContent)"
+            " && document.getElementById('latency').textContent", 20, what="the latency tile")
+        p50, p99 = (float(v) for v in latency.split(" / "))
+        self.assertLessEqual(p50, p99)
+        self.assertEqual(page.evaluate(session, "document.getElementById('missing').textContent"), "")
         if os.environ.get("ORIGDST_SCREENSHOT"):
             page.screenshot(session, os.environ["ORIGDST_SCREENSHOT"])
         # Nothing on the page failed: no error banner.
