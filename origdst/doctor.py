@@ -17,16 +17,17 @@ defaults.
 import ipaddress
 import os
 import pwd
+import re
 import signal
 import subprocess
 import sys
 
 from twisted.python import usage
 
-from origdst import checks, config, listening, netfilter, workers
+from origdst import __version__, checks, config, listening, netfilter, workers
 
 #: The help's description: the module docstring's second paragraph.
-_LONGDESC = __doc__.strip().split("\n\n")[1]
+_LONGDESC = re.sub(r"C\{([^}]*)\}", r"\1", __doc__.strip().split("\n\n")[1])
 _SAVE = {4: "iptables-save", 6: "ip6tables-save"}
 
 
@@ -83,6 +84,13 @@ class Options(usage.Options):
         ["probe", None, None, "Test with a connection to ADDR:PORT instead of the doctor's own "
                               "destination, or none for no test connection."],
     ]
+
+    def opt_version(self):
+        """
+        Display origdst's version and exit.
+        """
+        print(f"origdst-doctor {__version__}")
+        sys.exit(0)
 
     def postOptions(self):
         values = {}

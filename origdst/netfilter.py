@@ -19,6 +19,7 @@ HOOKS = ("OUTPUT", "PREROUTING")
 
 # Targets that end the walk of a chain for what they match.
 _LEAVE = ("RETURN", "ACCEPT")
+_OWNER_ONLY = {"--uid-owner", "-p"}
 
 
 def _quote(token):
@@ -185,7 +186,9 @@ def walk(chains, hook, wanted):
         exempt = list(exempt)
         for rule in chains.get(chain, ()):
             owner = rule.owner()
-            if rule.target in _LEAVE and owner is not None and not owner[0]:
+            # Only an unconditional RETURN for the uid exempts it: one for
+            # some of its connections (-o lo, -d ...) leaves the rest.
+            if rule.target in _LEAVE and owner is not None and not owner[0] and set(rule.options) <= _OWNER_ONLY:
                 exempt.append(owner[1:])
                 continue
             here = exempt + ([owner[1:]] if owner is not None and owner[0] else [])

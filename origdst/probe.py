@@ -79,7 +79,10 @@ class ProbeError(Exception):
 
 
 def _run(argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ProbeError("%s: %s" % (" ".join(argv), e))
     if proc.returncode != 0:
         raise ProbeError("%s: %s" % (" ".join(argv), (proc.stderr or proc.stdout).strip()))
     return proc.stdout
@@ -95,8 +98,20 @@ def _pid_alive(pid):
     return True
 
 
+def _quiet(argv):
+    """
+    Run a clean-up command; what it says does not matter.
+
+    @return: its output, C{""} if it could not run.
+    """
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def namespaces():
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
+    out = _quiet(["ip", "netns", "list"])
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -115,11 +130,11 @@ def remove_stale():
     for name in namespaces():
         match = _NAME.match(name)
         if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=20).stdout
+            _quiet(["ip", "netns", "del", name])
+    links = _quiet(["ip", "-o", "link", "show"])
     for pid in re.findall(r"^\d+: oddoc(\d+)h[@:]", links, re.M):
         if int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            subprocess.run(["ip", "link", "del", _veth(pid)[0]], capture_output=True, timeout=20)
+            _quiet(["ip", "link", "del", _veth(pid)[0]])
 
 
 def _free_subnet():
@@ -164,8 +179,7 @@ class Destination:
         _run(inside + ["addr", "add", f"10.250.{n}.2/30", "dev", peer])
         self.v4 = f"10.250.{n}.2"
         if v6:
-            subprocess.run(["ip", "netns", "exec", self.name, "sysctl", "-qw",
-                            "net.ipv6.conf.all.disable_ipv6=0"], capture_output=True, timeout=20)
+            _quiet(["ip", "netns", "exec", self.name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"])
             _run(["ip", "-6", "addr", "add", f"fd00:250:{n}::1/64", "dev", host, "nodad"])
             _run(inside + ["-6", "addr", "add", f"fd00:250:{n}::2/64", "dev", peer, "nodad"])
             self.v6 = f"fd00:250:{n}::2"
@@ -196,9 +210,9 @@ class Destination:
         if self._built:
             # Deleting one end deletes the pair; deleting the namespace alone
             # has left this end behind (the kernel frees a namespace lazily).
-            subprocess.run(["ip", "link", "del", _veth(os.getpid())[0]], capture_output=True, timeout=20)
+            _quiet(["ip", "link", "del", _veth(os.getpid())[0]])
             if self.name in namespaces():
-                subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
+                _quiet(["ip", "netns", "del", self.name])
         self._built = False
 
 

@@ -124,8 +124,8 @@ class RuleTests(unittest.TestCase):
     def test_istio_return_exempts(self):
         """
         An earlier C{-m owner --uid-owner 1337 -j RETURN} exempts uid 1337
-        from the REDIRECT two chains down; a PREROUTING chain that only
-        returns redirects nothing.
+        from the REDIRECT two chains down, one with more conditions does
+        not; a PREROUTING chain that only returns redirects nothing.
         """
         [path] = netfilter.redirects(netfilter.parse(ISTIO))
         self.assertEqual(path.where(), "OUTPUT -> ISTIO_OUTPUT -> ISTIO_REDIRECT")
@@ -133,6 +133,11 @@ class RuleTests(unittest.TestCase):
         self.assertTrue(path.exempts(1337))
         self.assertFalse(path.exempts(1000))
         self.assertIsNone(path.dports())
+        # Returning only its loopback connections leaves the rest redirected.
+        partly = ISTIO.replace("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                               "-A ISTIO_OUTPUT -o lo -m owner --uid-owner 1337 -j RETURN")
+        [path] = netfilter.redirects(netfilter.parse(partly))
+        self.assertEqual(path.exempt, [])
 
     def test_plain_rules(self):
         """
