@@ -449,6 +449,15 @@ ADMIN_PORT = 19931
 #: A second proxy, whose admin port is open to other hosts.
 OPEN_PORT = 15032
 OPEN_ADMIN_PORT = 19932
+#: Where a listener accepts connections (its backlog does) and never answers.
+STALL_PORT = 15033
+STALL = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET6)
+s.bind(("::", int(sys.argv[1])))
+s.listen(16)
+time.sleep(120)
+"""
 
 
 class DoctorEndToEndTests(testbed.TopologyTestCase):
@@ -622,15 +631,23 @@ class DoctorEndToEndTests(testbed.TopologyTestCase):
 
     def test_interrupted(self):
         """
-        SIGTERM while the test destination is up: the doctor removes its
-        namespace and veth and exits 130.
+        SIGTERM while the test connection waits (redirected to a port that
+        accepts and never answers): the doctor removes its namespace and
+        veth and exits 130.
         """
-        self.rules(self.up("--port", str(PROXY_PORT), "--dports", "80"))
-        proc = self.start_doctor("--port", str(PROXY_PORT), "--admin", str(ADMIN_PORT))
+        stall = testbed.ManagedProcess(
+            "stall", ["ip", "netns", "exec", self.topology.client, sys.executable, "-c", STALL, str(STALL_PORT)],
+            os.path.join(self.topology.workdir, "stall.log"))
+        self.topology.track(stall)
+        testbed.wait_for(lambda: self.topology.listening(self.topology.client, STALL_PORT), 10,
+                         what="the port that never answers")
+        self.rules(self.up("-4", "--port", str(STALL_PORT), "--dports", "80"))
+        proc = self.start_doctor("--port", str(STALL_PORT), "--admin", "none")
         name = probe.PREFIX + str(proc.pid)
         try:
             testbed.wait_for(lambda: name in testbed.list_namespaces() or proc.poll() is not None, 30,
-                             interval=0.01, what="the doctor's namespace")
+                             what="the doctor's namespace")
+            # The namespace is there; the test connection will wait 5 s for an answer.
             self.assertIsNone(proc.poll(), "the doctor ended before it could be interrupted")
             os.kill(proc.pid, signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
@@ -638,6 +655,7 @@ class DoctorEndToEndTests(testbed.TopologyTestCase):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate(timeout=10)
+            stall.stop()
         self.assertEqual(proc.returncode, 130, out + err)
         self.assertIn("interrupted", err)
         self.assertLeftNothing(proc.pid)
