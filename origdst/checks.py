@@ -122,6 +122,9 @@ def _describe(path):
 
 
 def check_listening(facts):
+    """
+    Something listens on the proxy's port.
+    """
     here = facts.on(facts.port)
     others = [p for p in facts.proxies() if p != facts.port]
     if not here:
@@ -146,6 +149,10 @@ def _fits(listener, family, hook):
 
 
 def check_rules(facts, family):
+    """
+    The nat rules of C{family} send connections to an address and port the
+    proxy listens on; IPv6 needs one where the proxy takes IPv6.
+    """
     tables = facts.nat.get(family)
     topic = f"{_family(family)} rule"
     if not isinstance(tables, dict):
@@ -183,6 +190,9 @@ def check_rules(facts, family):
 
 
 def check_owner(facts, family):
+    """
+    Each OUTPUT rule leaves the proxy's own connections alone (else a loop).
+    """
     paths = [p for p in facts.redirects(family) if p.hook == "OUTPUT"]
     topic = f"{_family(family)} owner"
     if not paths:
@@ -209,6 +219,10 @@ def check_owner(facts, family):
 
 
 def check_fail_closed(facts, family):
+    """
+    Where there is a nat rule, a filter rule refuses what it did not
+    redirect, and not the proxy's own connections.
+    """
     paths = facts.redirects(family)
     topic = f"{_family(family)} fail-closed"
     tables = facts.filter.get(family)
@@ -234,6 +248,9 @@ def check_fail_closed(facts, family):
 
 
 def check_conntrack(facts):
+    """
+    REDIRECT and the original destination are conntrack's.
+    """
     if facts.conntrack:
         return [Finding(OK, "conntrack", "nf_conntrack is loaded")]
     return [Finding(FAIL, "conntrack", "nf_conntrack is not loaded: REDIRECT and the original "
@@ -248,8 +265,9 @@ def _first_port(dports):
 
 def check_probes(facts):
     """
-    The test connections: one per family with an OUTPUT rule, to the
-    doctor's own destination, or one to C{--probe ADDR:PORT}.
+    The test connections: to the doctor's own destination, IPv4 and, where
+    there is an IPv6 rule or the proxy takes IPv6, IPv6; or one to
+    C{--probe ADDR:PORT}.
     """
     if facts.probe == "none":
         return [Finding(SKIP, "probe", "no test connection (--probe none)")]
@@ -282,6 +300,10 @@ def check_probes(facts):
 
 
 def _probe_own(facts, family, ip, port):
+    """
+    A test connection to the doctor's own destination, whose server echoes
+    the head it got: the proxy's headers in it say the proxy forwarded it.
+    """
     topic = f"{_family(family)} probe"
     where = probe.key(ip, port)
     answer = probe.connect(ip, port)
@@ -291,7 +313,8 @@ def _probe_own(facts, family, ip, port):
     body = answer.get("body", "")
     if '"origdst-doctor"' not in body:
         first = body.strip().splitlines()[0][:100] if body.strip() else ""
-        return Finding(FAIL, topic, f"{said} was answered by the proxy, not the destination: "
+        server = answer.get("headers", {}).get("server") or "something else"
+        return Finding(FAIL, topic, f"{said} was answered by {server}, not the destination: "
                        f"{answer['status']} {first}".rstrip())
     if '"x-forwarded-proto"' in body or '"x-request-id"' in body:
         return Finding(OK, topic, f"{said} arrived there through the proxy, with its original destination")
@@ -300,6 +323,11 @@ def _probe_own(facts, family, ip, port):
 
 
 def _probe_named(facts, ip, port):
+    """
+    A test connection to a destination of the user's: the proxy's
+    C{/clusters} counting it, or its upstream-time header, says the proxy
+    forwarded it.
+    """
     topic = "probe"
     where = probe.key(ip, port)
     admin = _admin_address(facts)
@@ -329,6 +357,9 @@ def _admin_address(facts):
 
 
 def check_admin(facts):
+    """
+    The admin port listens, on loopback only.
+    """
     if facts.admin is None:
         return [Finding(SKIP, "admin", "no admin port (--admin none)")]
     here = facts.on(facts.admin)

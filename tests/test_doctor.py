@@ -589,7 +589,8 @@ class DoctorEndToEndTests(testbed.TopologyTestCase):
         self.assertIn("has no owner match (-m owner ! --uid-owner 0)", found["IPv4 owner"])
         self.assertIn("fix: iptables -t nat -D OUTPUT -p tcp -m tcp --dport 80 -j REDIRECT --to-ports %d && "
                       % PROXY_PORT, found["IPv4 owner"])
-        self.assertIn("508 Loop Detected", found["IPv4 probe"])
+        self.assertIn("was answered by origdst, not the destination: HTTP/1.1 508 Loop Detected",
+                      found["IPv4 probe"])
         self.assertEqual(status, 1)
 
     def test_proxy_on_other_port(self):
