@@ -205,6 +205,20 @@ def check_line_ends(buf, status=400, what="request head"):
         raise BadMessage(status, "bare CR in " + what)
 
 
+def check_incomplete_response_head(buf):
+    """
+    Refuse a response head that is not complete yet but can never become a
+    valid one: one that starts with a line end (refused as a malformed status
+    line once it ends, so refused so at once, whatever else it holds), or
+    holds a bare LF or CR (L{check_line_ends}).
+
+    @raise BadMessage: 502.
+    """
+    if buf[:1] in (b"\r", b"\n"):
+        raise BadMessage(502, "malformed status line")
+    check_line_ends(buf, 502, "response head")
+
+
 def check_incomplete_head(buf, max_head):
     """
     Refuse a request head that is not complete yet but can never become a

@@ -149,7 +149,7 @@ class UpstreamProtocol(Protocol):
                     self.bad_response(framing.BadMessage(502, "response head too large"))
                     return None
                 try:
-                    heads.check_line_ends(buf, 502, "response head")
+                    heads.check_incomplete_response_head(buf)
                 except framing.BadMessage as e:
                     self.bad_response(e)
                     return None

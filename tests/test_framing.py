@@ -113,6 +113,22 @@ class LineEndTests(unittest.TestCase):
         )
         self.assertEqual((e.status, e.reason), (502, "bare LF in response head"))
 
+    def test_incomplete_response_head(self):
+        """
+        A response head in progress that starts with a line end is refused
+        at once with the reason its complete form gets (a fuzzer found the
+        two disagreeing), and one with a bare CR or LF as a request head is.
+        """
+        for buf in (b"\r", b"\n", b"\r\nHTTP/1.1 200 OK\r\n", b"\rHTTP/1.1 200 \r\nContent-Length: 0\r\n\r"):
+            e = self.assertRaises(BadMessage, heads.check_incomplete_response_head, buf)
+            self.assertEqual((e.status, e.reason), (502, "malformed status line"), buf)
+            e = self.assertRaises(BadMessage, heads.parse_response_head, buf.rstrip(b"\r") or b"\r\n")
+            self.assertEqual(e.reason, "malformed status line")
+        e = self.assertRaises(BadMessage, heads.check_incomplete_response_head, b"HTTP/1.1 200 OK\rX")
+        self.assertEqual((e.status, e.reason), (502, "bare CR in response head"))
+        for buf in (b"", b"H", b"HTTP/1.1 200 OK\r", b"HTTP/1.1 200 OK\r\nX: 1\r\n"):
+            heads.check_incomplete_response_head(buf)
+
 
 class FramingTests(unittest.TestCase):
     def request(self, *fields):

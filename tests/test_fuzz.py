@@ -119,7 +119,7 @@ class MessageReader:
                 if end < 0 or end > MAX_RESPONSE_HEAD:
                     if len(buf) > MAX_RESPONSE_HEAD:
                         raise BadMessage(502, "response head too large")
-                    heads.check_line_ends(buf, 502, "response head")
+                    heads.check_incomplete_response_head(buf)
                     self.buf = buf
                     return None
             elif end < 0 or end > MAX_HEAD:
