@@ -12,7 +12,7 @@ import os
 import sys
 
 import testbed
-from tests.helpers import Authority
+from testbed.certs import Authority
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "tlsbackend.py")
@@ -40,10 +40,10 @@ class OriginationTests(testbed.TopologyTestCase):
             ("untrusted", UNTRUSTED_PORT, Authority("Elsewhere CA").issue([NAME])),
         ]
         for name, port, (cert, key) in servers:
-            paths = [os.path.join(directory, "%s.%s" % (name, ext)) for ext in ("pem", "key")]
-            for path, content in zip(paths, (cert, key)):
-                with open(path, "wb") as f:
-                    f.write(content)
+            paths = [
+                authority.write(os.path.join(directory, "%s.%s" % (name, ext)), content)
+                for ext, content in (("pem", cert), ("key", key))
+            ]
             topology.start_server(name, [sys.executable, SERVER, str(port)] + paths, port)
         topology.start_proxy(
             ["--port", "tcp:%d" % PROXY_PORT, "--access-log", "-",
