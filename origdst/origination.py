@@ -28,6 +28,7 @@ from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.protocols import tls
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -99,16 +100,42 @@ class Origination:
         pool.factory = factory
 
 
+# Twisted 22.8 and later gather small TLS writes; before, no such class.
+_TLSTransport = getattr(tls, "BufferingTLSTransport", tls.TLSMemoryBIOProtocol)
+
+
+class TLSTransport(_TLSTransport):
+    """
+    Twisted's TLS transport, which also says which producer is registered
+    on it as a TCP transport does (C{producer}): L{origdst.flow} reads that
+    to undo its flow control, and Twisted's TLS transport would answer with
+    the TCP transport's, a wrapper of its own.
+    """
+
+    producer = None
+
+    def registerProducer(self, producer, streaming):
+        _TLSTransport.registerProducer(self, producer, streaming)
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+        _TLSTransport.unregisterProducer(self)
+
+
 def tls_factory(creator, client, wrapped, clock):
     """
-    @return: a L{TLSMemoryBIOFactory} whose small writes are gathered on
-        C{clock} (the pool's reactor: a test's clock too), not on the global
-        reactor; Twisted before 22.8 takes no clock and gathers none.
+    @return: a L{TLSMemoryBIOFactory} of L{TLSTransport}s whose small writes
+        are gathered on C{clock} (the pool's reactor: a test's clock too),
+        not on the global reactor; Twisted before 22.8 takes no clock and
+        gathers none.
     """
     try:
-        return TLSMemoryBIOFactory(creator, client, wrapped, clock=clock)
+        factory = TLSMemoryBIOFactory(creator, client, wrapped, clock=clock)
     except TypeError:
-        return TLSMemoryBIOFactory(creator, client, wrapped)
+        factory = TLSMemoryBIOFactory(creator, client, wrapped)
+    factory.protocol = TLSTransport
+    return factory
 
 
 @implementer(IOpenSSLClientConnectionCreator)

@@ -141,11 +141,20 @@ class Backend(Protocol):
     def connectionMade(self):
         self.factory.connections.append(self)
         self.received = b""
+        self.unread = b""
 
     def dataReceived(self, data):
         self.received += data
-        while self.received.count(b"\r\n\r\n") > self.factory.answered:
-            self.factory.answered += 1
+        self.unread += data
+        while b"\r\n\r\n" in self.unread:
+            head, _, rest = self.unread.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if len(rest) < length:
+                return
+            self.unread = rest[length:]
             self.transport.write(OK)
 
 
@@ -175,7 +184,6 @@ class OriginationTests(unittest.TestCase):
         )
         backend = Factory.forProtocol(Backend)
         backend.connections = []
-        backend.answered = 0
         self.backend = backend
         return tls_factory(options, False, backend, self.proxy.reactor).buildProtocol(None)
 
@@ -228,6 +236,31 @@ class OriginationTests(unittest.TestCase):
         self.assertEqual((self.stats.ssl_handshake, self.stats.ssl_connection_error), (1, 0))
         host = self.proxy.cluster.hosts[DEST + (NAME,)]
         self.assertEqual((host.key, host.tls_name), ("10.250.0.3:443", NAME))
+
+    def test_streamed_bodies(self):
+        """
+        Request bodies that stream after the connection is made, twice on
+        one kept-alive TLS connection: the client's flow control is attached
+        to the TLS transport and detached again each time.
+        """
+        head = b"POST /up HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\n"
+        channel = self.request(head)
+        pump = self.dial()
+        upstream = self.proxy.cluster.hosts[DEST + (NAME,)].pool.connections
+        (conn,) = upstream
+        self.assertIs(conn.transport.producer, channel.pauser)
+        channel.dataReceived(b"abc")
+        pump.flush()
+        self.assertIsNone(conn.transport.producer)
+        self.assertEqual(parse_response(self.transport.value())[0], 200)
+        self.request(head, channel)
+        pump.flush()
+        self.assertIs(conn.transport.producer, channel.pauser)
+        channel.dataReceived(b"def")
+        pump.flush()
+        self.assertEqual(parse_response(self.transport.value())[0], 200)
+        self.assertTrue(self.backend.connections[0].received.endswith(b"\r\n\r\ndef"))
+        self.assertEqual(len(self.backend.connections), 1)
 
     def test_pool_per_name(self):
         """
@@ -312,7 +345,7 @@ class OriginationTests(unittest.TestCase):
         host, port, factory, timeout, bind = self.proxy.reactor.tcpClients[-1]
         client = factory.buildProtocol(None)
         backend = Factory.forProtocol(Backend)
-        backend.connections, backend.answered = [], 0
+        backend.connections = []
         self.backend = backend
         server = backend.buildProtocol(None)
         pump = connect(server, FakeTransport(server, True), client, client_transport(client), clock=self.proxy.reactor)
