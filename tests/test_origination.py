@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial import unittest
 
-from origdst import config, replies
+from origdst import clusterstatus, config, replies, stats
 from origdst.addresses import server_name
 from origdst.origination import Origination, tls_factory
 from origdst.tap import Options
@@ -261,6 +261,30 @@ class OriginationTests(unittest.TestCase):
         self.assertEqual(parse_response(self.transport.value())[0], 200)
         self.assertTrue(self.backend.connections[0].received.endswith(b"\r\n\r\ndef"))
         self.assertEqual(len(self.backend.connections), 1)
+
+    def test_figures(self):
+        """
+        The handshakes and their failures count by Envoy's names for an
+        upstream TLS context; /clusters names a TLS host's verified name.
+        """
+        self.request(get(b"a.example"))
+        self.dial()
+        self.request(get(b"b.example"))
+        self.dial()
+        figures = stats.collect(self.stats, 0, "original_dst", {})
+        values = {stat.name: stat.value for stat in figures}
+        self.assertEqual(
+            [(n, values["cluster.original_dst.ssl." + n]) for n in
+             ("handshake", "connection_error", "fail_verify_san", "fail_verify_error")],
+            [("handshake", 1), ("connection_error", 1), ("fail_verify_san", 1), ("fail_verify_error", 0)],
+        )
+        self.assertIn(
+            'envoy_cluster_ssl_handshake{envoy_cluster_name="original_dst"} 1\n',
+            stats.as_prometheus(figures),
+        )
+        text = clusterstatus.as_text(self.proxy.settings, clusterstatus.hosts(self.proxy.cluster))
+        self.assertIn("original_dst::10.250.0.3:443::hostname::a.example\n", text)
+        self.assertIn("original_dst::10.250.0.3:443::hostname::b.example\n", text)
 
     def test_pool_per_name(self):
         """

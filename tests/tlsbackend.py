@@ -2,8 +2,8 @@
 An HTTPS server for tests/test_origination_e2e.py, standard library only:
 C{tlsbackend.py PORT CERT KEY}. It keeps connections alive and answers every
 request with JSON saying what it saw: the SNI of the connection, the
-connection's number and the request's number on it, the Host and the
-X-Forwarded-Proto.
+connection's number and the request's number on it, the Host, the
+X-Forwarded-Proto and the length of the body it read.
 """
 
 import itertools
@@ -25,6 +25,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.requests += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        received = len(self.rfile.read(length)) if length else 0
         body = json.dumps(
             {
                 "sni": getattr(self.connection, "sni", None),
@@ -33,6 +35,7 @@ class Handler(BaseHTTPRequestHandler):
                 "request": self.requests,
                 "host": self.headers.get("Host"),
                 "x_forwarded_proto": self.headers.get("X-Forwarded-Proto"),
+                "received": received,
             }
         ).encode("ascii")
         self.send_response(200)
