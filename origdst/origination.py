@@ -36,8 +36,11 @@ from zope.interface import implementer
 from origdst import replies
 from origdst.addresses import endpoint
 from origdst.flow import Pauser
+from origdst.logs import logger
 from origdst.readers import parse_ports, pem_certificates
 from origdst.upstream import UpstreamFactory, UpstreamProtocol
+
+log = logger("origdst.origination")
 
 # How many of a certificate's names a reply lists.
 SHOWN_NAMES = 4
@@ -212,9 +215,19 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         stats.ssl_connection_error += 1
         if reason.check(VerificationError):
             stats.ssl_fail_verify_san += 1
+            reply = replies.TLS_VERIFY_FAILED
         elif _verify_failed(reason):
             stats.ssl_fail_verify_error += 1
-        self.pool.connection_failed(reason, explain(reason, connection, self.name, self.origination))
+            reply = replies.TLS_VERIFY_FAILED
+        else:
+            reply = replies.TLS_HANDSHAKE_FAILED
+        try:
+            reply = explain(reason, connection, self.name, self.origination)
+        except Exception:
+            # The pool must hear of the failure whatever the certificate
+            # held: the reply then only says what kind of failure it was.
+            log.failure("Explaining a failed TLS handshake with {name} failed.", name=self.name)
+        self.pool.connection_failed(reason, reply)
 
 
 class TLSUpstreamFactory(UpstreamFactory):

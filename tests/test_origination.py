@@ -340,6 +340,24 @@ class OriginationTests(unittest.TestCase):
         self.assertRefused(b'certificate verify failed: name mismatch: wanted "b.example", certificate is for "a.example"')
         self.assertEqual((self.stats.ssl_connection_error, self.stats.ssl_fail_verify_san), (1, 1))
 
+    def test_explaining_fails(self):
+        """
+        Should explaining a failure fail, the request still gets its 503,
+        saying the kind of failure, and the error is logged.
+        """
+        from origdst import origination
+
+        def broken(*args):
+            raise ValueError("a certificate nobody can read")
+
+        self.patch(origination, "explain", broken)
+        self.request(get(b"b.example"))
+        self.dial()
+        status, _, body, _ = parse_response(self.transport.value())
+        self.assertEqual((status, body), (503, replies.TLS_VERIFY_FAILED.body))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(self.proxy.cluster.hosts[DEST + ("b.example",)].pool.connecting, 0)
+
     def test_untrusted(self):
         """
         A certificate from a CA not in --ca-file: 503 with the chain error
