@@ -143,13 +143,11 @@ class Pool:
         self.cx_connect_fail += 1
         stats = self.stats
         stats.upstream_cx_connect_fail += 1
-        if reply is not None:
-            pass
-        elif reason.check(ConnectTimeoutError):
+        if reply is None and reason.check(ConnectTimeoutError):
             # Envoy counts a connect timeout in both.
             stats.upstream_cx_connect_timeout += 1
             reply = CONNECT_TIMEOUT
-        else:
+        elif reply is None:
             reply = CONNECT_FAILURE
         log.debug(
             "Connection to {key} failed: {reason}.",
