@@ -8,6 +8,10 @@ Envoy's original-destination tutorial, end to end, in the throwaway namespaces o
         v (owner match: not uid 0)                   |
       origdst :4999 (uid 0) ---- original destination 10.250.0.3:80
 
+and then an C{https://} request to port 443 (httpbin there too, with a certificate from a
+throwaway CA): origdst detects TLS and passes it through untouched, the client verifies the real
+server's certificate, and the access log names the SNI.
+
 Nothing outside the two namespaces it creates is touched.  Everything it starts is stopped by
 its process group and both namespaces are deleted on exit, also on failure or Ctrl-C (the test
 bed's layered cleanup).
@@ -21,11 +25,14 @@ import subprocess
 import sys
 
 import testbed
+from testbed.certs import Authority
 
 PROXY_PORT = int(os.environ.get("PROXY_PORT", "4999"))
 SWEEP_WAIT = float(os.environ.get("SWEEP_WAIT", "15"))
 SERVER = testbed.SERVER_V4
 NOBODY = testbed.CLIENT_UID
+# The name the https:// request asks for (curl --resolve maps it to SERVER).
+TLS_NAME = "demo.example.test"
 
 
 def say(message):
@@ -69,19 +76,31 @@ def run(topology):
     say("creating namespaces %s (%s) and %s (%s)" % (
         topology.client, testbed.CLIENT_V4, topology.server, SERVER))
     topology.start()
-    say("starting httpbin (twistd web --wsgi httpbin.app --listen tcp:80) in %s"
-        % topology.server)
+    # The client (uid 65534) reads the CA from the world-readable directory of its scripts.
+    directory = os.path.dirname(topology.client_script)
+    authority = Authority("origdst demo CA")
+    ca = authority.write(os.path.join(directory, "ca.pem"))
+    cert, key = authority.issue([TLS_NAME])
+    cert = authority.write(os.path.join(topology.workdir, "server.pem"), cert)
+    key = authority.write(os.path.join(topology.workdir, "server.key"), key)
+    tls_listen = "ssl:443:privateKey=%s:certKey=%s" % (key, cert)
+    say("starting httpbin (twistd web --wsgi httpbin.app --listen tcp:80 --listen %s, "
+        "a certificate for %s from a throwaway CA) in %s" % (tls_listen, TLS_NAME, topology.server))
     httpbin = topology.start_server("httpbin", [
         topology.python, "-c", testbed.TWISTD, "-n", "--pidfile=",
-        "web", "--wsgi", "httpbin.app", "--listen", "tcp:80"], 80, timeout=60)
+        "web", "--wsgi", "httpbin.app", "--listen", "tcp:80", "--listen", tls_listen], 80,
+        timeout=60)
     testbed.wait_for(lambda: reachable(topology), 10, interval=0.2,
                      what="%s:80 to answer from %s" % (SERVER, topology.client))
+    testbed.wait_for(lambda: topology.listening(topology.server, 443), 10, interval=0.2,
+                     what="httpbin listening on 443")
 
-    say("in %s: iptables -t nat -A OUTPUT -p tcp -d %s --dport 80 -m owner ! --uid-owner 0 "
-        "-j REDIRECT --to-port %d" % (topology.client, SERVER, PROXY_PORT))
-    topology.add_redirect(SERVER, 80, PROXY_PORT)
+    say("in %s: iptables -t nat -A OUTPUT -p tcp -d %s -m multiport --dports 80,443 "
+        "-m owner ! --uid-owner 0 -j REDIRECT --to-port %d" % (topology.client, SERVER, PROXY_PORT))
+    topology.add_redirect(SERVER, [80, 443], PROXY_PORT)
 
-    args = ["--port", str(PROXY_PORT), "--log-level", "debug", "--cleanup-interval", "5"]
+    args = ["--port", str(PROXY_PORT), "--log-level", "debug", "--cleanup-interval", "5",
+            "--access-log", "-"]
     say("starting origdst (uid 0) in %s: twistd -n origdst %s" % (topology.client, " ".join(args)))
     try:
         proxy = topology.start_proxy(args, PROXY_PORT)
@@ -99,6 +118,22 @@ def run(topology):
         % (NOBODY, SERVER))
     headers_status, headers_out = curl(topology, ["http://%s/headers?show_env=1" % SERVER])
     print(headers_out)
+
+    # TLS on the same port: detected, passed through untouched (nothing decrypted), so the
+    # client verifies httpbin's own certificate against the throwaway CA.
+    tls_args = ["-v", "--cacert", ca, "--resolve", "%s:443:%s" % (TLS_NAME, SERVER),
+                "https://%s/get" % TLS_NAME]
+    say("as uid %d: curl %s (TLS passthrough: origdst reads the SNI, decrypts nothing)"
+        % (NOBODY, " ".join(tls_args)))
+    print()
+    tls_status, tls_out = curl(topology, tls_args)
+    print(tls_out)
+    sni_line = '"%s" "%s:443"' % (TLS_NAME, SERVER)
+    try:
+        testbed.wait_for(lambda: sni_line in topology.proxy_log(), 5, interval=0.1,
+                         what="the TLS connection's access-log line")
+    except testbed.TopologyError as e:
+        print("error: %s" % e, file=sys.stderr)
 
     say("waiting up to %gs for a cleanup sweep to remove the unused host" % SWEEP_WAIT)
     removed = "Removing stale host %s:80" % SERVER
@@ -127,6 +162,13 @@ def run(topology):
          "httpbin saw no x-request-id uuid"),
         (re.search(r'"X-Forwarded-Proto": "http"', headers_out, re.I),
          "httpbin saw no x-forwarded-proto: http"),
+        (tls_status == 0, "the https:// request failed with exit status %d" % tls_status),
+        (re.search(r'"url": "https://%s/get"' % re.escape(TLS_NAME), tls_out),
+         "httpbin did not answer the https:// request"),
+        (not re.search(r"^< server: origdst", tls_out, re.M | re.I),
+         "the https:// response came from origdst, not passed through"),
+        (any(sni_line in line for line in log.splitlines()),
+         "no access-log line naming %s" % sni_line),
         ("Created host %s:80" % SERVER in log,
          "no 'Created host %s:80.' in the proxy log" % SERVER),
         (swept, "no '%s.' in the proxy log" % removed),
@@ -158,6 +200,8 @@ def main():
     if status == 0:
         say("demo OK: uid %d's connection to %s:80 went through origdst to its original "
             "destination" % (NOBODY, SERVER))
+        say("demo OK: its https://%s connection (port 443) was passed through with its SNI "
+            "in the access log, the certificate verified by curl" % TLS_NAME)
         say("cleaned up: processes stopped, namespaces %s and %s deleted"
             % (topology.client, topology.server))
     elif status == 130:

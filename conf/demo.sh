@@ -8,6 +8,9 @@
 #       v (owner match: not uid 0)                   |
 #     origdst :4999 (uid 0) ---- original destination 10.250.0.3:80
 #
+# then an https:// request to port 443 (httpbin with a throwaway CA's
+# certificate), passed through untouched with its SNI in the access log.
+#
 # This script checks root, the tools and the virtualenv; conf/demo.py runs the
 # steps in the namespaces of the test bed (the testbed package, which the
 # end-to-end tests and the benchmark use too). Nothing outside the two

@@ -10,6 +10,7 @@ This module is a leaf: it imports no sibling.
 """
 
 import ipaddress
+import re
 
 
 def plain_ip(ip):
@@ -131,3 +132,34 @@ def parse_authority(authority, default_port=80):
         if not host or text.startswith("["):
             return None
     return host, port
+
+
+# A DNS name a certificate can be checked against (RFC 1123 labels of at
+# most 63 characters).
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?)*$")
+
+
+def server_name(host, ip):
+    """
+    The name an originated TLS connection verifies the server's certificate
+    against, and sends as SNI: the request's C{Host} without its port,
+    lowercased and without a final dot; an IP address in plain form (checked
+    against the certificate's IP addresses, and not sent as SNI); the
+    destination's C{ip} for a request without C{Host} (HTTP/1.0).
+
+    @param host: the C{Host} value (bytes), or C{None}.
+    @return: the name, or C{None} when C{host} cannot be verified (not a DNS
+        name, such as one with C{_} or percent-encoding).
+    """
+    if host is None:
+        return ip
+    parsed = parse_authority(host)
+    if parsed is None:
+        return None
+    name = parsed[0]
+    if is_ip(name):
+        return plain_ip(name)
+    name = name.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    return name if _DNS_NAME.match(name) else None

@@ -11,8 +11,9 @@ tested without a reactor; the client connection acts on the answer.
 from twisted.logger import LogLevel
 
 from origdst import framing, heads, replies
-from origdst.addresses import describe, host_header, host_port, is_ip, parse_authority
+from origdst.addresses import describe, host_header, host_port, is_ip, parse_authority, server_name
 from origdst.headers import request_head, via_names, wants_close, wants_upgrade
+from origdst.readers import parse_ports
 
 HTTP11 = b"HTTP/1.1"
 
@@ -36,6 +37,8 @@ class Admitted:
     @ivar close_after: the client asked to close after the response.
     @ivar replayable: safe to send again on a fresh connection.
     @ivar expect_continue: the client waits for C{100 Continue}.
+    @ivar tls_name: the name its upstream TLS connection is verified for
+        (C{--originate-tls}), or C{None} for plain HTTP upstream.
     """
 
     __slots__ = (
@@ -51,6 +54,7 @@ class Admitted:
         "close_after",
         "replayable",
         "expect_continue",
+        "tls_name",
     )
 
 
@@ -134,6 +138,7 @@ class Admission:
         self.override = self.prefix + b"-original-dst-host"
         self.timeout_ms = int(settings.request_timeout * 1000)
         self.max_count = settings.max_request_headers_count
+        self.originate = parse_ports(settings.originate_tls) if settings.originate_tls else ()
         # RFC 9110 section 7.6.3: "1.1 name", the protocol being HTTP/1.1.
         self.via_name = settings.via.lower().encode("ascii") if settings.via else None
         self.via = b"1.1 " + settings.via.encode("ascii") if settings.via else None
@@ -197,6 +202,17 @@ class Admission:
                 denied,
             )
             return Refused(parsed, replies.EGRESS_DENIED, method, LogLevel.info, note)
+        tls_name = None
+        if port in self.originate:
+            host = index.get(b"host", (None,))[0]
+            tls_name = server_name(host, ip)
+            if tls_name is None:
+                # The Host header is ASCII without quotes (abnf.HOST).
+                why = 'Host "%s" is neither a DNS name nor an IP address' % host.decode("ascii")
+                note = "%s to %s refused: %s, so TLS cannot be originated for it." % (
+                    method.decode("latin-1"), host_port(ip, port), why)
+                reply = replies.tls_failure("unverifiable name", why)
+                return Refused(parsed, reply, method, LogLevel.info, note)
         # Admitted: build the head it goes upstream with.
         if kind == framing.CHUNKED:
             frame = b"transfer-encoding: chunked\r\n"
@@ -223,6 +239,7 @@ class Admission:
         request.kind = kind
         request.length = length
         request.upgrade = upgrade
+        request.tls_name = tls_name
         request.upstream_head = request_head(
             method, target, fields, index, host, self.prefix, self.timeout_ms, frame,
             self.via,

@@ -11,6 +11,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
 from origdst.logs import logger
+from origdst.origination import Origination
 from origdst.pool import Pool
 from origdst.sourceports import SourcePorts
 from origdst.addresses import host_port
@@ -26,11 +27,13 @@ class Host:
     @ivar used: a request chose this host since the last sweep.
     @ivar last_used: when a request last chose it, in the reactor's seconds.
     @ivar relays: TCP relays (L{origdst.tcp}) open to it.
+    @ivar tls_name: the name its TLS connections are verified for
+        (L{origdst.origination}), or C{None} for plain ones.
     """
 
-    __slots__ = ("key", "ip", "port", "pool", "used", "last_used", "relays")
+    __slots__ = ("key", "ip", "port", "pool", "used", "last_used", "relays", "tls_name")
 
-    def __init__(self, key, ip, port, pool):
+    def __init__(self, key, ip, port, pool, tls_name=None):
         self.key = key
         self.ip = ip
         self.port = port
@@ -38,11 +41,13 @@ class Host:
         self.used = False
         self.last_used = None
         self.relays = 0
+        self.tls_name = tls_name
 
 
 class OriginalDstCluster(Service):
     """
-    The hosts of this proxy, keyed by C{(ip, port)}, and their cleanup sweep.
+    The hosts of this proxy, keyed by C{(ip, port)}, or C{(ip, port, name)}
+    for originated TLS (one pool per verified name), and their cleanup sweep.
 
     @ivar stats: the process's L{Stats}, counted into all along the data path.
     """
@@ -55,23 +60,29 @@ class OriginalDstCluster(Service):
         self.own_addresses = set()
         ports = settings.upstream_source_ports
         self.source_ports = SourcePorts(*ports) if ports else None
+        self.origination = Origination(settings, reactor)
         self._sweeper = None
 
-    def host(self, ip, port):
+    def host(self, ip, port, tls_name=None):
         """
+        @param tls_name: the name to originate TLS for, or C{None}.
         @return: the L{Host} for a destination, created on first use and
             marked as used.
         """
-        host = self.hosts.get((ip, port))
+        address = (ip, port) if tls_name is None else (ip, port, tls_name)
+        host = self.hosts.get(address)
         if host is None:
             key = host_port(ip, port)
             pool = Pool(
                 key, ip, port, self.settings, self.reactor, self.own_addresses, self.stats,
                 self.source_ports,
             )
-            host = self.hosts[(ip, port)] = Host(key, ip, port, pool)
+            if tls_name is not None:
+                self.origination.originate(pool, tls_name)
+            host = self.hosts[address] = Host(key, ip, port, pool, tls_name)
             self.stats.membership_change += 1
-            log.debug("Created host {key}.", key=key)
+            log.debug("Created host {key}{tls}.", key=key,
+                      tls="" if tls_name is None else " (TLS for %s)" % tls_name)
         host.used = True
         host.last_used = self.reactor.seconds()
         return host

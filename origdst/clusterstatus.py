@@ -31,7 +31,7 @@ def hosts(cluster):
         by name.
     """
     out = []
-    for host in sorted(cluster.hosts.values(), key=lambda h: (h.ip, h.port)):
+    for host in sorted(cluster.hosts.values(), key=lambda h: (h.ip, h.port, h.tls_name or "")):
         pool = host.pool
         counters = [
             ("cx_connect_fail", pool.cx_connect_fail),
@@ -69,7 +69,9 @@ def as_text(settings, figures, missing=()):
         prefix = f"{name}::{host.key}::"
         lines += [f"{prefix}{figure}::{value}" for figure, value in counters + gauges]
         lines += [
-            prefix + "hostname::",
+            # An originated TLS host: the name it is verified for (one
+            # address can have several, as in Envoy's DNS clusters).
+            prefix + "hostname::" + (host.tls_name or ""),
             prefix + "health_flags::healthy",
             prefix + "weight::1",
             prefix + "region::",
@@ -98,6 +100,7 @@ def as_json(settings, figures, missing=()):
             {
                 "address": {"socket_address": {"address": host.ip, "port_value": host.port}},
                 "key": host.key,
+                "hostname": host.tls_name or "",
                 "stats": [{"name": n, "value": v} for n, v in counters]
                 + [{"type": "GAUGE", "name": n, "value": v} for n, v in gauges],
                 "health_status": {"eds_health_status": "HEALTHY"},

@@ -214,6 +214,16 @@ SETTINGS = (
         LIST,
     ),
     Setting("deny-sni", readers.host_patterns, "", "TLS server names denied, as --allow-sni.", LIST),
+    # TLS origination (origdst.origination).
+    Setting(
+        "originate-tls", readers.port_list, "",
+        "Destination ports whose plain-HTTP requests go upstream over TLS, verified against "
+        "their Host (443,8443).",
+    ),
+    Setting(
+        "ca-file", readers.ca_file, "",
+        "PEM file of the CAs --originate-tls trusts; none given: the system's trust store.",
+    ),
     Setting(
         "access-log", readers.access_log, "none",
         "File to write one line per request to (reopened on SIGHUP), - for stdout, or none.",

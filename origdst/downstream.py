@@ -213,7 +213,7 @@ class ProxyChannel(Protocol):
             self.local_reply(decision.reply, method=decision.method)
             return
         ip, port = decision.destination
-        pool = self.cluster.host(ip, port).pool
+        pool = self.cluster.host(ip, port, decision.tls_name).pool
         exchange = self.exchange = Exchange(self, pool, decision)
         if self.draining:
             exchange.close_after = True

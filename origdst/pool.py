@@ -130,21 +130,24 @@ class Pool:
         self.own_addresses.add(conn.local_address)
         self._dispatch(conn)
 
-    def connection_failed(self, reason):
+    def connection_failed(self, reason, reply=None):
         """
         One attempt failed: the oldest waiting exchange gets the failure; the
         others keep waiting for attempts still under way or busy connections,
         or get an attempt of their own.
+
+        @param reply: the L{origdst.replies.Reply} that says why, when the
+            caller knows better than C{reason} (a failed TLS handshake).
         """
         self.connecting -= 1
         self.cx_connect_fail += 1
         stats = self.stats
         stats.upstream_cx_connect_fail += 1
-        if reason.check(ConnectTimeoutError):
+        if reply is None and reason.check(ConnectTimeoutError):
             # Envoy counts a connect timeout in both.
             stats.upstream_cx_connect_timeout += 1
             reply = CONNECT_TIMEOUT
-        else:
+        elif reply is None:
             reply = CONNECT_FAILURE
         log.debug(
             "Connection to {key} failed: {reason}.",

@@ -278,3 +278,44 @@ def host_patterns(value):
         if not _HOST_PATTERN.match(item):
             raise ValueError(f"bad host name pattern {item!r}")
     return tuple(items)
+
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def pem_certificates(path):
+    """
+    @return: the PEM blocks of the certificates in the file at C{path}, each
+        checked to be one.
+    @raise ValueError: quoting C{path}, for a file that cannot be read or
+        holds no certificate or a broken one.
+    """
+    from cryptography.x509 import load_pem_x509_certificate
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror}")
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise ValueError(f"{path!r} holds no PEM certificate")
+    for number, block in enumerate(blocks, 1):
+        try:
+            load_pem_x509_certificate(block)
+        except ValueError as e:
+            raise ValueError(f"{path!r}: certificate {number} is not valid: {e}")
+    return blocks
+
+
+def ca_file(value):
+    """
+    A file of CA certificates (PEM, a bundle or one), checked at start-up;
+    empty for the system's trust store.
+    """
+    path = str(value).strip()
+    if path:
+        pem_certificates(path)
+    return path

@@ -96,6 +96,31 @@ def _reset(status, reason, flags, **kw):
     )
 
 
+def tls_failure(kind, why=""):
+    """
+    The reply to a request whose originated TLS connection failed
+    (L{origdst.origination}): Envoy's connect failure with its transport
+    failure reason, C{TLS error: <kind>: <why>}. The body says why (the name
+    that did not match, the chain error); the details name only the kind,
+    so that they stay a short list to count by.
+
+    @param kind: what failed: C{certificate verify failed}, C{handshake
+        failed}, C{unverifiable name}.
+    @param why: the particulars, ASCII (the caller quotes what came from
+        the network).
+    """
+    reason = "connection failure, transport failure reason: TLS error: " + kind
+    if why:
+        reason += ": " + why
+    return Reply(
+        503,
+        RESET_PREFIX + reason.encode("ascii", "backslashreplace"),
+        "UF",
+        "upstream_reset_before_response_started{connection_failure,tls_error:_%s}" % _slug(kind),
+        reason=reason,
+    )
+
+
 def refused(status, why):
     """
     The reply to a request that cannot be handled (a framing error, a
@@ -130,6 +155,10 @@ CONNECT_TIMEOUT = _reset(503, "connection timeout", "UF")
 OVERFLOW = _reset(503, "overflow", "UO", overloaded=True)
 CONNECTION_TERMINATION = _reset(503, "connection termination", "UC")
 PROTOCOL_ERROR = _reset(502, "protocol error", "UPE")
+# An originated TLS connection that failed (their bodies say more; see tls_failure).
+TLS_VERIFY_FAILED = tls_failure("certificate verify failed")
+TLS_HANDSHAKE_FAILED = tls_failure("handshake failed")
+TLS_UNVERIFIABLE_NAME = tls_failure("unverifiable name")
 
 CATALOGUE = (
     NO_HEALTHY_UPSTREAM,
@@ -144,4 +173,7 @@ CATALOGUE = (
     OVERFLOW,
     CONNECTION_TERMINATION,
     PROTOCOL_ERROR,
+    TLS_VERIFY_FAILED,
+    TLS_HANDSHAKE_FAILED,
+    TLS_UNVERIFIABLE_NAME,
 )

@@ -11,7 +11,8 @@ dashboards and alerts written for Envoy read origdst too:
   - C{http.origdst.*}: downstream requests and connections (Envoy's HTTP
     connection manager with C{stat_prefix: origdst});
   - C{listener.<address>.*}: accepted connections;
-  - C{cluster.<cluster_name>.*}: upstream connections and requests;
+  - C{cluster.<cluster_name>.*}: upstream connections and requests, and
+    C{cluster.<cluster_name>.ssl.*} the TLS handshakes of originated ones;
   - C{tcp.origdst.*}: relayed TCP connections (Envoy's tcp_proxy with
     C{stat_prefix: origdst}); C{tls_inspector.*}: the
     ClientHellos read, as Envoy's listener filter counts them;
@@ -84,7 +85,15 @@ _COUNTERS = (
     "http_found",
     "http_not_found",
     "worker_restarts",
+    "ssl_handshake",
+    "ssl_connection_error",
+    "ssl_fail_verify_san",
+    "ssl_fail_verify_error",
 )
+
+# Originated TLS (origdst.origination), by the names of Envoy's upstream TLS
+# context: cluster.<name>.ssl.<leaf>.
+_SSL = ("handshake", "connection_error", "fail_verify_san", "fail_verify_error")
 
 # The relay's counters by Envoy's tcp_proxy names (downstream_cx_denied is
 # origdst's own: Envoy's RBAC filter counts those).
@@ -240,7 +249,7 @@ def _scoped(scope, label, tag, leaf, value, kind):
     Envoy's exposition.
     """
     labels = ((label, tag),)
-    metric = leaf
+    metric = leaf.replace(".", "_")
     match = re.match(r"^(.*)_([1-5])xx$", leaf)
     if match:
         metric = match.group(1) + "_xx"
@@ -280,6 +289,7 @@ def collect(stats, now, cluster_name, gauges, listener=None):
     ]
     cluster += [(f"upstream_rq_{n}xx", stats.upstream_rq_xx[n], COUNTER) for n in CLASSES]
     cluster += [(leaf, value, GAUGE) for leaf, value in gauges.items()]
+    cluster += [("ssl." + leaf, getattr(stats, "ssl_" + leaf), COUNTER) for leaf in _SSL]
     for leaf, value, kind in cluster:
         out.append(_scoped("cluster", "envoy_cluster_name", cluster_name, leaf, value, kind))
     for leaf, attr in _TCP:

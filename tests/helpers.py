@@ -19,6 +19,7 @@ from origdst import logs
 from origdst.cluster import OriginalDstCluster
 from origdst.config import Settings
 from origdst.listener import ListenerFactory
+from testbed.certs import Authority  # noqa: F401 (the tests' throwaway CA)
 
 
 def capture_log(test):
@@ -194,3 +195,4 @@ def fetch(site, url, method=b"GET", headers=None):
     resource = site.getResourceFor(request)
     body = resource.render(request)
     return Response(request.responseCode or 200, request.responseHeaders, body)
+
