@@ -10,17 +10,18 @@ class HostFigures:
     what L{origdst.workerstats} merges the workers' figures by.
     """
 
-    __slots__ = ("key", "ip", "port", "last_used")
+    __slots__ = ("key", "ip", "port", "last_used", "tls_name")
 
-    def __init__(self, key, ip, port, last_used):
+    def __init__(self, key, ip, port, last_used, tls_name=None):
         self.key = key
         self.ip = ip
         self.port = port
         self.last_used = last_used
+        self.tls_name = tls_name
 
     @property
     def order(self):
-        return (self.ip, self.port)
+        return (self.ip, self.port, self.tls_name or "")
 
 
 def hosts(cluster):
@@ -44,7 +45,8 @@ def hosts(cluster):
             ("rq_total", pool.rq_total),
         ]
         gauges = [("cx_active", pool.cx_active()), ("rq_active", pool.rq_active())]
-        out.append((HostFigures(host.key, host.ip, host.port, host.last_used), counters, gauges))
+        figures = HostFigures(host.key, host.ip, host.port, host.last_used, host.tls_name)
+        out.append((figures, counters, gauges))
     return out
 
 

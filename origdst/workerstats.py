@@ -39,7 +39,8 @@ def snapshot(stats, cluster):
     @return: the figures of this process as JSON-able data.
     """
     hosts = [
-        {"key": h.key, "ip": h.ip, "port": h.port, "last_used": h.last_used, "counters": c, "gauges": g}
+        {"key": h.key, "ip": h.ip, "port": h.port, "tls_name": h.tls_name, "last_used": h.last_used,
+         "counters": c, "gauges": g}
         for h, c, g in clusterstatus.hosts(cluster)
     ]
     return {"stats": stats.snapshot(cluster.gauges()), "hosts": hosts}
@@ -87,7 +88,7 @@ def merge(stats, cluster, answers, missing=()):
         for name, value in total.add(answer["stats"]).items():
             gauges[name] = gauges.get(name, 0) + value
         for host in answer["hosts"]:
-            hosts.setdefault(host["key"], []).append(host)
+            hosts.setdefault((host["key"], host.get("tls_name")), []).append(host)
     total.workers_missing = tuple(sorted(missing))
     merged = [_merge_host(parts) for parts in hosts.values()]
     merged.sort(key=lambda figures: figures[0].order)
@@ -97,7 +98,8 @@ def merge(stats, cluster, answers, missing=()):
 def _merge_host(parts):
     first = parts[0]
     host = clusterstatus.HostFigures(
-        first["key"], first["ip"], first["port"], max((p["last_used"] or 0) for p in parts) or None
+        first["key"], first["ip"], first["port"], max((p["last_used"] or 0) for p in parts) or None,
+        first.get("tls_name"),
     )
     counters = _sum_pairs(p["counters"] for p in parts)
     gauges = _sum_pairs(p["gauges"] for p in parts)

@@ -91,6 +91,20 @@ class MergeTests(unittest.TestCase):
         self.assertEqual(main.cluster.stats.downstream_rq_total, 2)
         self.assertEqual(main.cluster.stats.upstream_rq_time.count, 2)
 
+    def test_tls_names_apart(self):
+        """
+        An originated TLS host is merged with the same address and name of
+        another worker only, not with the plain host on that address.
+        """
+        main, other = busy_proxy(self, 2), busy_proxy(self, 3)
+        snapshot = json.loads(json.dumps(workerstats.snapshot(other.cluster.stats, other.cluster)))
+        named = json.loads(json.dumps(snapshot))
+        for host in named["hosts"]:
+            host["tls_name"] = "a.example"
+        figures = workerstats.merge(main.cluster.stats, main.cluster, [snapshot, named, named])
+        apart = [(host.key, host.tls_name, dict(counters)["rq_total"]) for host, counters, _ in figures.hosts]
+        self.assertEqual(apart, [("10.250.0.3:80", None, 5), ("10.250.0.3:80", "a.example", 6)])
+
     def test_state_kept(self):
         """
         The sum keeps the main process's state and start, and names the
