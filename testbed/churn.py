@@ -2,8 +2,8 @@
 A client load of short connections, bounded in count and time: C{python churn.py HOST PORT
 COUNT CONCURRENCY SECONDS} (HOST an IPv4 or IPv6 address).  Each request goes on a new
 connection with C{Connection: close}, so the proxy closes first and the client's ports turn
-over quickly.  Standard library only (it
-runs as the unprivileged client).  Prints JSON: C{ok}, C{errors} (by kind), C{elapsed}.
+over quickly.  Standard library only (it runs as the unprivileged client).  Prints JSON:
+C{ok}, C{errors} (by kind), C{elapsed}.
 """
 
 import json
