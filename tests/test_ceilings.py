@@ -155,7 +155,42 @@ class CeilingTests(testbed.TopologyTestCase):
         """
         Wait until C{predicate(fds)} holds for the proxy's open descriptor count.
         """
-        testbed.wait_for(lambda: predicate(_fds(pid)), timeout, interval=0.2, what=what)
+        seen = []
+
+        def check():
+            seen.append(_fds(pid))
+            return predicate(seen[-1])
+
+        try:
+            testbed.wait_for(check, timeout, interval=0.2, what=what)
+        except testbed.TopologyError as e:
+            self.fail("%s (open descriptors: %s at the start of the wait, %s at its end; "
+                      "its sockets but the client connections: %s; its hosts: %s)"
+                      % (e, seen[0], seen[-1], self.other_sockets(pid), self.host_figures()))
+
+    def host_figures(self):
+        """
+        @return: both proxies' C{/clusters} figures but the zeros, for a failure message.
+        """
+        figures = {}
+        for port in (IDLE_ADMIN, HOSTS_ADMIN):
+            out = self.topology.exec(self.topology.client, [
+                sys.executable, "-c", FETCH,
+                "http://127.0.0.1:%d/clusters?format=json" % port]).stdout
+            for h in json.loads(out)["cluster_statuses"][0]["host_statuses"][:5]:
+                figures["%d %s" % (port, h["key"])] = {
+                    s["name"]: s["value"] for s in h["stats"] if s["value"]}
+        return figures
+
+    def other_sockets(self, pid):
+        """
+        @return: C{ss}'s lines for the proxy's TCP sockets other than its accepted client
+            connections, to say what a descriptor count that does not settle is made of.
+        """
+        out = self.topology.exec(self.topology.client, ["ss", "-Htanp"], check=False).stdout
+        mine = [line for line in out.splitlines() if "pid=%d," % pid in line]
+        return [" ".join(line.split()[:5]) for line in mine
+                if not line.split()[3].endswith((":%d" % IDLE_PROXY, ":%d" % HOSTS_PROXY))][:20]
 
     def one_request(self, host):
         got = self.topology.run_client({"host": host, "port": 80, "timeout": 15,
