@@ -87,12 +87,13 @@ class OriginalDstCluster(Service):
         host.last_used = self.reactor.seconds()
         return host
 
-    def is_own_upstream(self, ip, port):
+    def is_own_upstream(self, peer, destination):
         """
-        Whether C{ip:port} is the local end of one of this proxy's upstream
-        connections: a redirected connection from there is a loop.
+        Whether C{peer} and C{destination} (each C{(ip, port)}) are the local
+        and remote ends of one of this proxy's upstream connections: a
+        redirected connection between them is a loop.
         """
-        return (ip, port) in self.own_addresses
+        return (peer, destination) in self.own_addresses
 
     def sweep(self):
         """

@@ -14,10 +14,14 @@ the first bytes a redirected client sends before anything is connected:
     first: SSH, SMTP, MySQL): the relay (L{origdst.tcp}).
 
 Ports in C{--tcp-ports} take the relay without waiting. The bytes read while
-deciding are handed to the chosen side unchanged.
+deciding are handed to the chosen side unchanged. A timeout that finds bytes
+waiting on the socket, not yet read because the proxy was busy (a burst of new
+connections), waits for them: the client did speak in time, and an HTTP request
+relayed as TCP would go unparsed, unlogged and unchecked by C{Host}.
 """
 
 import re
+import socket
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -169,8 +173,13 @@ class Detector(Protocol):
 
     def _timed_out(self):
         self.timer = None
-        if not self.done:
-            self._hand(classify(self.buf, final=True))
+        if self.done:
+            return
+        if _bytes_waiting(self.transport):
+            self.timer = self.factory.reactor.callLater(
+                self.factory.settings.detect_timeout, self._timed_out)
+            return
+        self._hand(classify(self.buf, final=True))
 
     def _hello_timed_out(self):
         self.timer = None
@@ -226,3 +235,16 @@ class Detector(Protocol):
     def connectionLost(self, reason):
         self.done = True
         self._cancel()
+
+
+def _bytes_waiting(transport):
+    """
+    Whether the client's socket holds bytes the reactor has not read yet.
+    """
+    recv = getattr(transport.getHandle(), "recv", None)
+    if recv is None:
+        return False
+    try:
+        return bool(recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (EAGAIN), or the connection failed
+        return False

@@ -93,8 +93,9 @@ class ProxyChannel(Protocol):
             checked with.
         """
         self.cluster = cluster
-        # The local addresses of the proxy's own upstream connections (the
-        # cluster's set, kept by its pools): a client among them is a loop.
+        # The (local, remote) addresses of the proxy's own upstream connections
+        # (the cluster's set, kept by its pools): a client connection with the
+        # same two addresses is a loop.
         self.own_addresses = cluster.own_addresses
         self.admission = admission
         self.settings = settings
@@ -203,7 +204,8 @@ class ProxyChannel(Protocol):
         """
         peer = self.peer
         decision = self.admission.admit(
-            head, self.destination, self.refusal, peer, peer in self.own_addresses
+            head, self.destination, self.refusal, peer,
+            (peer, self.destination) in self.own_addresses,
         )
         if decision.parsed is not None and self.access_log is not None:
             self.log_record = self.access_log.begin(self, *decision.parsed)

@@ -22,9 +22,12 @@ class Pool:
     """
     Upstream connections to one C{ip:port}.
 
-    @ivar own_addresses: the set, shared by all pools, of the local addresses
-        of the proxy's upstream connections; a redirected connection coming
-        from one of them is the proxy talking to itself.
+    @ivar own_addresses: the set, shared by all pools, of the C{(local,
+        remote)} addresses of the proxy's upstream connections; a redirected
+        connection from one's local address to its remote one is the proxy
+        talking to itself. (The local address alone is not enough: REDIRECT
+        gives a client port that is in use towards another destination a new
+        one at random, which can be a port of an upstream connection.)
     @ivar stats: the process's L{origdst.stats.Stats}; the other counters
         (C{rq_total}, C{rx_bytes}, ...) are this host's own, shown by the
         admin endpoint's C{/clusters}.
@@ -127,7 +130,7 @@ class Pool:
         self.connecting -= 1
         self.connections.add(conn)
         conn.local_address = endpoint(conn.transport.getHost())
-        self.own_addresses.add(conn.local_address)
+        self.own_addresses.add((conn.local_address, (self.ip, self.port)))
         self._dispatch(conn)
 
     def connection_failed(self, reason, reply=None):
@@ -172,7 +175,7 @@ class Pool:
         self.connections.discard(conn)
         if conn in self.idle:
             self.idle.remove(conn)
-        self.own_addresses.discard(conn.local_address)
+        self.own_addresses.discard((conn.local_address, (self.ip, self.port)))
         # A request that queued behind the limit can now have a connection.
         if len(self.pending) > self.connecting and self._room():
             self._open()

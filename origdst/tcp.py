@@ -121,7 +121,7 @@ class Relay(Protocol):
         """
         @return: C{(ending, why)} when this connection may not be relayed.
         """
-        if self.peer in self.cluster.own_addresses:
+        if (self.peer, self.destination) in self.cluster.own_addresses:
             self.cluster.stats.redirect_loop += 1
             return LOOP, (
                 "redirect loop: it comes from origdst's own upstream connection "
@@ -171,7 +171,7 @@ class Relay(Protocol):
             return
         self.upstream = upstream
         local = upstream.local_address = endpoint(upstream.transport.getHost())
-        self.cluster.own_addresses.add(local)
+        self.cluster.own_addresses.add((local, self.destination))
         connect_flow(self.pauser, upstream.transport)
         connect_flow(upstream.pauser, self.transport)
         pending, self.pending = self.pending, []
@@ -215,7 +215,7 @@ class Relay(Protocol):
         self.transport.loseWriteConnection()
 
     def upstream_lost(self, upstream):
-        self.cluster.own_addresses.discard(upstream.local_address)
+        self.cluster.own_addresses.discard((upstream.local_address, self.destination))
         self.close()
 
     # Both.

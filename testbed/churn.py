@@ -1,8 +1,9 @@
 """
 A client load of short connections, bounded in count and time: C{python churn.py HOST PORT
-COUNT CONCURRENCY SECONDS}.  Each request goes on a new connection with C{Connection: close},
-so the proxy closes first and the client's ports turn over quickly.  Standard library only (it
-runs as the unprivileged client).  Prints JSON: C{ok}, C{errors} (by kind), C{elapsed}.
+COUNT CONCURRENCY SECONDS} (HOST an IPv4 or IPv6 address).  Each request goes on a new
+connection with C{Connection: close}, so the proxy closes first and the client's ports turn
+over quickly.  Standard library only (it runs as the unprivileged client).  Prints JSON:
+C{ok}, C{errors} (by kind), C{elapsed}.
 """
 
 import json
@@ -17,7 +18,8 @@ def main(argv):
     deadline = time.monotonic() + seconds
     lock = threading.Lock()
     state = {"left": count, "ok": 0, "errors": {}}
-    request = ("GET /churn HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode()
+    authority = "[%s]" % host if ":" in host else host
+    request = ("GET /churn HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % authority).encode()
 
     def one():
         with socket.create_connection((host, port), timeout=10) as sock:

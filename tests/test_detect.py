@@ -181,6 +181,31 @@ class DetectorTests(unittest.TestCase):
         self.assertEqual([c[:2] for c in proxy.reactor.tcpClients], [DEST])
         self.assertEqual(proxy.cluster.stats.http_not_found, 1)
 
+    def test_late_reactor(self):
+        """
+        A timeout that finds the client's bytes waiting on the socket, unread
+        because the proxy was busy, waits for them instead of relaying; one
+        that finds none relays.
+        """
+        proxy = Proxy(detect_timeout=0.3)
+        transport = proxy.connect()
+        waiting = [b"G"]
+        handle = type("Socket", (), {})()
+        handle.recv = lambda size, flags: waiting[0][:size]
+        transport.getHandle = lambda: handle
+        proxy.reactor.advance(0.31)
+        self.assertEqual(proxy.reactor.tcpClients, [])
+        transport.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIsInstance(transport.protocol, ProxyChannel)
+
+        transport = proxy.connect()
+        transport.getHandle = lambda: handle
+        proxy.reactor.advance(0.31)
+        self.assertNotIsInstance(transport.protocol, Relay)
+        waiting[0] = b""
+        proxy.reactor.advance(0.31)
+        self.assertIsInstance(transport.protocol, Relay)
+
     def test_tcp_ports(self):
         """
         A port in --tcp-ports takes the relay without waiting.

@@ -535,6 +535,23 @@ class RefusalTests(unittest.TestCase):
         self.assertEqual(len(self.proxy.reactor.tcpClients), 1)
         self.assertTrue(any("owner match" in line for line in self.log))
 
+    def test_upstream_port_towards_another_destination(self):
+        """
+        A client connection from the local address of an upstream connection
+        to another destination is no loop: REDIRECT gives a client port that is
+        in use towards another destination a new one at random, which can be
+        such a port. It is proxied.
+        """
+        channel, client = self.proxy.client()
+        channel.dataReceived(GET)
+        self.proxy.accept_upstream(local_port=50007)
+        other, other_client = self.proxy.client(
+            peer=("10.250.0.2", 50007), destination=("10.250.0.9", 80))
+        other.dataReceived(GET)
+        self.assertEqual(other_client.value(), b"")
+        self.assertEqual(self.proxy.reactor.tcpClients[-1][:2], ("10.250.0.9", 80))
+        self.assertFalse(any("owner match" in line for line in self.log))
+
     def test_refusal_reply_from_catalogue(self):
         """
         A refused connection is answered with the catalogue's reply, whatever

@@ -76,11 +76,11 @@ class RelayTests(unittest.TestCase):
         stats = proxy.cluster.stats
         self.assertEqual((stats.tcp_cx_total, stats.tcp_cx_active), (1, 1))
         self.assertEqual(stats.upstream_cx_tx_bytes_total, 11)
-        self.assertIn(("10.250.0.2", 50000), proxy.cluster.own_addresses)
+        self.assertIn((("10.250.0.2", 50000), DEST), proxy.cluster.own_addresses)
         upstream.loseConnection()
         self.assertFalse(client.connected)
         self.assertEqual((stats.tcp_rx_bytes, stats.tcp_tx_bytes, stats.tcp_cx_active), (11, 8, 0))
-        self.assertNotIn(("10.250.0.2", 50000), proxy.cluster.own_addresses)
+        self.assertNotIn((("10.250.0.2", 50000), DEST), proxy.cluster.own_addresses)
 
     def test_stats_names(self):
         """
@@ -181,11 +181,23 @@ class RelayTests(unittest.TestCase):
         loop: closed, not connected.
         """
         proxy = RelayHarness(self)
-        proxy.cluster.own_addresses.add(("10.250.0.2", 40000))
+        proxy.cluster.own_addresses.add((("10.250.0.2", 40000), DEST))
         relay, client = proxy.relay()
         self.assertFalse(client.connected)
         self.assertEqual(proxy.reactor.tcpClients, [])
         self.assertEqual(proxy.cluster.stats.redirect_loop, 1)
+
+    def test_upstream_port_towards_another_destination(self):
+        """
+        A connection from the local address of an upstream connection to
+        another destination (a port REDIRECT chose for the client) is relayed.
+        """
+        proxy = RelayHarness(self)
+        proxy.cluster.own_addresses.add((("10.250.0.2", 40000), ("10.250.0.9", 443)))
+        relay, client = proxy.relay()
+        self.assertTrue(client.connected)
+        self.assertEqual(proxy.reactor.tcpClients[0][:2], DEST)
+        self.assertEqual(proxy.cluster.stats.redirect_loop, 0)
 
     def test_connect_failure(self):
         """
