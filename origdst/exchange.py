@@ -326,6 +326,7 @@ class Exchange:
 
     def upstream_lost(self, response_started, reused):
         self.conn = None
+        self.pool.stats.upstream_rq_rx_reset += 1
         if self.state is RESPONDING:
             self._cut(accesslog.LATE_TERMINATION)
         elif reused and not response_started and self.replayable and not self.retried:
