@@ -124,7 +124,8 @@ class Books:
 
     def _check(self):
         classes = collections.Counter()
-        heads = retries = losses = 0
+        heads = sum(len(events) for events in self.events.values())
+        retries = losses = 0
         for rid, (method, status, kind) in sorted(self.outcomes.items()):
             events = self.events.get(rid, [])
             if status is None:
@@ -133,7 +134,6 @@ class Books:
                 classes[status // 100] += 1
             if kind == "mismatch":
                 self._problem("%s %s got an answer that is not its own" % (method, rid))
-            heads += len(events)
             for i, (what, _, _, index, how) in enumerate(events):
                 if how != "proxied":
                     self._problem("%s %s reached the backend around the proxy" % (method, rid))
@@ -254,6 +254,12 @@ class Accounting:
         result = self.topology.finish_script(proc, timeout=seconds + 60)
         events, accepts = self._settled(result)
         after = self.stats()
+        deadline = time.monotonic() + 5
+        # The client has closed its connections; the proxy sees that a moment later.
+        while (after[HTTP + "downstream_cx_active"] or after[CLUSTER + "upstream_rq_active"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = self.stats()
         return Books(result["outcomes"], events, accepts, before, after, result["elapsed"])
 
     def _settled(self, result):

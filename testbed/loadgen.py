@@ -6,9 +6,10 @@ C{python loadgen.py '<json>'} with C{host}, C{port}, C{count}, C{connections}, C
 C{unsent}) and C{seed}.  Standard library only: it runs as the unprivileged client.
 
 The mix, drawn per id from the seed: 60 % GET, 30 % POST with a Content-Length body, 10 % POST
-with a chunked body; bodies and answers mostly under 2 KB, one in ten up to 64 KB.  Requests go
-one at a time per connection (no pipelining); a connection is opened again after an answer with
-C{Connection: close}, a cut answer or an error.  L{testbed.ledger} is the backend that answers.
+with a chunked body; bodies and answers mostly under 2 KB, one in ten up to 64 KB; one request in
+twenty asks for C{Connection: close}.  Requests go one at a time per connection (no pipelining);
+a connection is opened again after an answer with C{Connection: close}, a cut answer or an
+error.  L{testbed.ledger} is the backend that answers.
 
 Prints JSON: C{outcomes} (id: C{[method, status or None, kind]}), C{elapsed}.  C{kind} is C{ok}
 (200 whose id and body check out), C{cut} (a status line came, then the connection closed or
@@ -27,7 +28,8 @@ import time
 
 def request_plan(seed, prefix, n):
     """
-    @return: C{(id, method, chunked, body, answer size)} of request C{n}.
+    @return: C{(id, method, chunked, body, answer size, close)} of request C{n}; C{close}:
+        it asks for C{Connection: close}.
     """
     rng = random.Random("%s/%s/%d" % (seed, prefix, n))
     rid = "%s-%d" % (prefix, n)
@@ -42,12 +44,15 @@ def request_plan(seed, prefix, n):
         unit = rid.encode("ascii") + b"."
         length = size()
         body = (unit * (length // len(unit) + 1))[:length]
-    return rid, method, chunked, body, size()
+    answer = size()
+    return rid, method, chunked, body, answer, rng.random() < 0.05
 
 
-def encode(host, rid, method, chunked, body, answer):
+def encode(host, rid, method, chunked, body, answer, close):
     head = ["%s /acct/%s?size=%d HTTP/1.1" % (method, rid, answer), "Host: %s" % host,
             "x-acct-id: %s" % rid]
+    if close:
+        head.append("Connection: close")
     if body is None:
         payload = b""
     elif chunked:
@@ -161,11 +166,11 @@ def main(argv):
             n = next_number()
             if n is None:
                 break
-            rid, method, chunked, body, answer = request_plan(seed, prefix, n)
+            rid, method, chunked, body, answer, close = request_plan(seed, prefix, n)
             if time.monotonic() >= deadline:
                 outcomes[rid] = [method, None, "unsent"]
                 continue
-            wire = encode(host, rid, method, chunked, body, answer)
+            wire = encode(host, rid, method, chunked, body, answer, close)
             status = None
             try:
                 if conn is None:
@@ -174,7 +179,7 @@ def main(argv):
             except Exception as e:
                 kind, keep = "error:%s" % type(e).__name__, False
             outcomes[rid] = [method, status, kind]
-            if not keep and conn is not None:
+            if (close or not keep) and conn is not None:
                 conn.close()
                 conn = None
         if conn is not None:
