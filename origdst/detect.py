@@ -17,6 +17,7 @@ Ports in C{--tcp-ports} take the relay without waiting. The bytes read while
 deciding are handed to the chosen side unchanged.
 """
 
+import errno
 import re
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -80,6 +81,24 @@ def classify(data, final=False):
         # A client cut short in its method still gets HTTP's answer.
         return HTTP if any(m.startswith(line) for m in METHODS) else RELAY
     return None
+
+
+def arrived(transport):
+    """
+    @return: the bytes waiting in the socket of C{transport}, read without
+        waiting; C{b""} when there are none (or the client closed: the
+        reactor's own read then finds that).
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return b""
+    try:
+        return sock.recv(transport.bufferSize)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            # The reactor's next read reports the connection's end.
+            log.debug("{error} reading a waiting connection", error=e)
+        return b""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -169,7 +188,16 @@ class Detector(Protocol):
 
     def _timed_out(self):
         self.timer = None
-        if not self.done:
+        if self.done:
+            return
+        # The reactor fires due timers before it reads: after the process
+        # stalled (a loaded machine, a long collection) a client's first bytes
+        # can be waiting unread, and an HTTP client would be taken for one
+        # whose server speaks first. Read them before deciding.
+        data = arrived(self.transport)
+        if data:
+            self.dataReceived(data)
+        if not self.done and self.hello is None:
             self._hand(classify(self.buf, final=True))
 
     def _hello_timed_out(self):
