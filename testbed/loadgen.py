@@ -11,7 +11,10 @@ twenty asks for C{Connection: close}.  Requests go one at a time per connection 
 a connection is opened again after an answer with C{Connection: close}, a cut answer or an
 error.  L{testbed.ledger} is the backend that answers.
 
-Prints JSON: C{outcomes} (id: C{[method, status or None, kind]}), C{elapsed}.  C{kind} is C{ok}
+Prints JSON: C{outcomes} (id: C{[method, status or None, kind]}), C{elapsed}, C{connections}
+(opened), C{slowest_first_send} (the longest wait from a connect to the first request on it,
+in seconds: origdst's protocol detection takes a connection that stays silent for
+C{--detect-timeout} for the TCP relay).  C{kind} is C{ok}
 (200 whose id and body check out), C{cut} (a status line came, then the connection closed or
 failed within the answer), C{status} (another status, its body read whole), C{mismatch} (an
 answer that is not this request's), C{unsent}, or C{error:<exception>} (no status line at all).
@@ -73,6 +76,7 @@ class Cut(Exception):
 class Connection:
     def __init__(self, host, port, timeout):
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.opened = time.monotonic()
         self.buf = b""
 
     def fill(self, inside):
@@ -110,6 +114,11 @@ def exchange(conn, wire, rid, method, body, answer):
 
     @return: C{(status, kind, keep)}: keep is whether the connection may carry the next one.
     """
+    if conn.opened is not None:
+        # How long this client took from connect to its first bytes: the proxy's
+        # protocol detection waits only so long for them.
+        conn.first_send = time.monotonic() - conn.opened
+        conn.opened = None
     conn.sock.sendall(wire)
     lines = conn.until(b"\r\n\r\n", inside=False).split(b"\r\n")
     status = int(lines[0].split(b" ")[1])
@@ -155,6 +164,7 @@ def main(argv):
     lock = threading.Lock()
     numbers = iter(range(spec["count"]))
     outcomes = {}
+    first_sends = []
 
     def next_number():
         with lock:
@@ -175,7 +185,12 @@ def main(argv):
             try:
                 if conn is None:
                     conn = Connection(host, port, timeout)
+                    first = True
+                else:
+                    first = False
                 status, kind, keep = exchange(conn, wire, rid, method, body, answer)
+                if first:
+                    first_sends.append(conn.first_send)
             except Exception as e:
                 kind, keep = "error:%s" % type(e).__name__, False
             outcomes[rid] = [method, status, kind]
@@ -191,8 +206,9 @@ def main(argv):
         t.start()
     for t in threads:
         t.join()
-    json.dump({"outcomes": outcomes, "elapsed": round(time.monotonic() - started, 2)},
-              sys.stdout)
+    json.dump({"outcomes": outcomes, "elapsed": round(time.monotonic() - started, 2),
+               "connections": len(first_sends),
+               "slowest_first_send": round(max(first_sends or [0]), 3)}, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -23,6 +23,7 @@ proxy's RSS and open fds.  It fails (exit status 1, with the reasons on the last
 import argparse
 import collections
 import os
+import platform
 import sys
 import time
 
@@ -107,9 +108,9 @@ def run(options, out=sys.stdout):
         load = accounting.Accounting(topology, ledger, seed=options.seed)
         pid = accounting.proxy_pid(topology)
         rss0, fds0 = accounting.resources(pid)
-        say("soak: %s, proxy pid %d, %.0f s in rounds of ~%.0f s, %d connections, faults on "
+        say("soak: %s (%s), proxy pid %d, %.0f s in rounds of ~%.0f s, %d connections, faults on "
             "%.0f %% of backend connections; at start RSS %.1f MiB, %d fds" % (
-                os.path.basename(topology.python), pid, options.seconds, options.interval,
+                platform.python_implementation(), topology.python, pid, options.seconds, options.interval,
                 options.connections, options.fault_fraction * 100, rss0 / 1024.0, fds0))
         failures = []
         samples = []
@@ -132,6 +133,7 @@ def run(options, out=sys.stdout):
                     now, total, len(books.outcomes), len(books.outcomes) / max(books.elapsed, 0.01),
                     errors, dict(sorted(faults.items())), rss / 1024.0, fds))
             if books.problems:
+                say("  round %d: %s" % (load.rounds, books.summary()))
                 failures.append("round %d: %d accounting problems, the first: %s" % (
                     load.rounds, len(books.problems), books.problems[0]))
                 for problem in books.problems[:10]:
