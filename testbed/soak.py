@@ -108,10 +108,11 @@ def run(options, out=sys.stdout):
         load = accounting.Accounting(topology, ledger, seed=options.seed)
         pid = accounting.proxy_pid(topology)
         rss0, fds0 = accounting.resources(pid)
-        say("soak: %s (%s), proxy pid %d, %.0f s in rounds of ~%.0f s, %d connections, faults on "
-            "%.0f %% of backend connections; at start RSS %.1f MiB, %d fds" % (
-                platform.python_implementation(), topology.python, pid, options.seconds, options.interval,
-                options.connections, options.fault_fraction * 100, rss0 / 1024.0, fds0))
+        say("soak: %s (%s), proxy pid %d, %.0f s in rounds of ~%.0f s, %d connections, "
+            "faults on %.0f %% of backend connections; at start RSS %.1f MiB, %d fds" % (
+                platform.python_implementation(), topology.python, pid, options.seconds,
+                options.interval, options.connections, options.fault_fraction * 100,
+                rss0 / 1024.0, fds0))
         failures = []
         samples = []
         answers = collections.Counter()
