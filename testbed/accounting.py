@@ -13,7 +13,7 @@ What must hold (L{Books.problems} names each breach):
   - every request got exactly one answer, a status line (C{ok}, C{cut} or a local reply), and
     every answer was its own (no C{mismatch}), and none reached the backend around the proxy;
   - the answer is the one the backend's last event for that id calls for: C{served} -> C{ok},
-    C{cut} -> C{cut}, C{reset} or C{drop} -> a local C{503};
+    C{cut} -> C{cut}, C{reset} or C{drop} -> a local C{503} C{connection termination};
   - the backend served or began serving each id at most once, and each C{ok} exactly once; a
     POST reached it at most once; a GET twice only as a retry, the first time on a reused
     connection (C{reset} or C{drop} at index 2 or more);
@@ -106,7 +106,8 @@ class Books:
             C{<status>} for local replies, C{error:<exception>}, ...
         """
         return collections.Counter(
-            kind if kind != "status" else str(status) for _, status, kind in self.outcomes.values())
+            str(status) if kind.startswith("status") else kind
+            for _, status, kind in self.outcomes.values())
 
     def faults(self):
         """
@@ -115,12 +116,20 @@ class Books:
         return collections.Counter(
             e[0] for evs in self.events.values() for e in evs if e[0] != "served")
 
+    def retried_on_reused(self):
+        """
+        @return: how many retries a connection that had carried requests before took (the
+            pool hands a retry to the first connection free, a new one or one just released).
+        """
+        return sum(1 for evs in self.events.values() if len(evs) == 2 and evs[1][3] > 1)
+
     def summary(self):
-        return ("%d requests in %.1f s: answers %s; backend faults %s; slowest first send "
-                "%.3f s; %d problems" % (
+        return ("%d requests in %.1f s: answers %s; backend faults %s; retries %d (%d on a "
+                "reused connection); slowest first send %.3f s; %d problems" % (
                     len(self.outcomes), self.elapsed, dict(sorted(self.kinds().items())),
-                    dict(sorted(self.faults().items())), self.slowest_first_send,
-                    len(self.problems)))
+                    dict(sorted(self.faults().items())),
+                    self.delta[CLUSTER + "upstream_rq_retry"], self.retried_on_reused(),
+                    self.slowest_first_send, len(self.problems)))
 
     def _problem(self, text):
         if len(self.problems) < 50:
@@ -195,7 +204,8 @@ class Books:
                     method, rid, status, kind))
             return
         last = kinds[-1]
-        want = {"served": (200, "ok"), "cut": (200, "cut")}.get(last, (503, "status"))
+        want = {"served": (200, "ok"), "cut": (200, "cut")}.get(
+            last, (503, "status:" + TERMINATION))
         if (status, kind) != want:
             self._problem("%s %s: the backend's %s calls for %s, the client got %s %s" % (
                 method, rid, ",".join(kinds), "%s %s" % want, status, kind))

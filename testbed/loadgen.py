@@ -16,7 +16,8 @@ Prints JSON: C{outcomes} (id: C{[method, status or None, kind]}), C{elapsed}, C{
 in seconds: origdst's protocol detection takes a connection that stays silent for
 C{--detect-timeout} for the TCP relay).  C{kind} is C{ok}
 (200 whose id and body check out), C{cut} (a status line came, then the connection closed or
-failed within the answer), C{status} (another status, its body read whole), C{mismatch} (an
+failed within the answer), C{status:<reset reason>} (another status, its body read whole; the
+reason from a local reply's body, if it names one), C{mismatch} (an
 answer that is not this request's), C{unsent}, or C{error:<exception>} (no status line at all).
 """
 
@@ -144,7 +145,9 @@ def exchange(conn, wire, rid, method, body, answer):
         return status, "cut", False
     keep = fields.get(b"connection", b"").lower() != b"close"
     if status != 200:
-        return status, "status", keep
+        # A local reply names its cause last: "... reset reason: connection termination".
+        reason = data.rpartition(b"reset reason: ")[2].split(b",")[0].strip()
+        return status, "status:" + reason.decode("latin-1")[:60], keep
     sent = body or b""
     first = b"id=%s method=%s len=%d sha=%s\n" % (
         rid.encode("ascii"), method.encode("ascii"), len(sent),

@@ -68,7 +68,7 @@ def books(outcomes, events, moved, accepts=1):
 
 #: A balanced load: a GET served, a GET retried after a drop at reuse, a POST reset before its
 #: headers (503, not retried), a GET whose body was cut.
-OUTCOMES = {"a": ["GET", 200, "ok"], "b": ["GET", 200, "ok"], "c": ["POST", 503, "status"],
+OUTCOMES = {"a": ["GET", 200, "ok"], "b": ["GET", 200, "ok"], "c": ["POST", 503, "status:connection termination"],
             "d": ["GET", 200, "cut"]}
 EVENTS = {
     "a": [("served", "GET", 1, 1, "proxied")],
@@ -102,6 +102,12 @@ class BooksTests(unittest.TestCase):
         problems = self.check(outcomes={"a": ["GET", 200, "mismatch"]})
         self.assertIn("GET a got an answer that is not its own", problems)
         self.assertTrue(any("calls for 200 ok" in p for p in problems), problems)
+
+    def test_other_local_reply(self):
+        problems = self.check(outcomes={"c": ["POST", 503, "status:overflow"]})
+        self.assertEqual(problems, [
+            "POST c: the backend's reset calls for 503 status:connection termination, "
+            "the client got 503 status:overflow"])
 
     def test_post_twice(self):
         problems = self.check(
