@@ -56,6 +56,14 @@ CHECKED = (
 )
 
 
+#: The proxy's C{--detect-timeout} here.  The default (0.3 s) takes a connection whose client
+#: says nothing for that long for a protocol where the server speaks first, and relays it as
+#: TCP; the load's client is 50 threads, which under PyPy on a loaded machine have taken that
+#: long between a connect and its first byte.  Such a request bypasses the HTTP proxy as
+#: documented, which is not what these books are about (the counters above still catch it).
+DETECT_TIMEOUT = 5
+
+
 def build(topology, fault_fraction=0.3, seed=1, proxy_args=()):
     """
     Set up C{topology} for accounting: the rules, the ledger backend and the proxy.
@@ -68,7 +76,8 @@ def build(topology, fault_fraction=0.3, seed=1, proxy_args=()):
                    "--fault-fraction", str(fault_fraction), "--seed", str(seed)],
         BACKEND_PORT)
     topology.start_proxy(["--port", "tcp6:%d" % PROXY_PORT,
-                          "--admin", "tcp:%d:interface=127.0.0.1" % ADMIN_PORT]
+                          "--admin", "tcp:%d:interface=127.0.0.1" % ADMIN_PORT,
+                          "--detect-timeout", str(DETECT_TIMEOUT)]
                          + list(proxy_args), PROXY_PORT)
     wait_for(lambda: topology.listening(topology.client, ADMIN_PORT), 10,
              what="the admin endpoint")

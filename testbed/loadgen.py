@@ -76,8 +76,10 @@ class Cut(Exception):
 
 class Connection:
     def __init__(self, host, port, timeout):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        # From before the connect: the proxy's wait starts at its accept, and a thread may
+        # wait for the interpreter's lock after the handshake.
         self.opened = time.monotonic()
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def fill(self, inside):
