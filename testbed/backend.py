@@ -15,6 +15,10 @@ writes one line per request to stdout.  Endpoints:
   - C{/peer}: the peer's port as text, to tell upstream connections apart.
   - C{/status?code=N&h=NAME:VALUE...}: status N with a short text body (none for 204 and
     304) and each C{h} as a response header.
+  - C{/fault?kind=KIND}: a misbehaving server, one fault per request (L{testbed.faults}
+    lists the kinds).
+
+C{--port} may be given more than once: one server, several ports.
 """
 
 import argparse
@@ -25,18 +29,13 @@ import sys
 from twisted.internet import endpoints
 from twisted.web import http, resource, server
 
-_CYCLE = bytes(range(256))
+try:
+    from testbed import faults
+except ImportError:  # run as a script: testbed/ itself is on the path
+    import faults
 
-
-def pattern(offset, length):
-    """
-    The deterministic byte stream served by C{/chunked} and C{/bytes}: byte C{k} is C{k % 256}.
-
-    @return: C{length} bytes of it starting at C{offset}.
-    """
-    start = offset % 256
-    repeats = (start + length) // 256 + 1
-    return (_CYCLE * repeats)[start:start + length]
+#: The deterministic byte stream served by C{/chunked} and C{/bytes}.
+pattern = faults.pattern
 
 
 class RawHeaderRequest(server.Request):
@@ -50,14 +49,20 @@ class RawHeaderRequest(server.Request):
         self.rawHeaderLines = []
 
 
-class RawHeaderChannel(http.HTTPChannel):
+class RawHeaderChannel(faults.FaultChannelMixin, http.HTTPChannel):
     """
-    Records each complete header line on the request being received.
+    Records each complete header line on the request being received, and commits the
+    faults that strike at the connection (L{faults.FaultChannelMixin}).
     """
 
     def headerReceived(self, line):
         self.requests[-1].rawHeaderLines.append(line)
         return http.HTTPChannel.headerReceived(self, line)
+
+    def allHeadersReceived(self):
+        line = b"%s %s %s" % (self._command, self._path, self._version)
+        if not self.faultAtHead(line):
+            http.HTTPChannel.allHeadersReceived(self)
 
 
 def _arg(request, name, default, coerce=int):
@@ -172,6 +177,9 @@ class Backend(resource.Resource):
             request.responseHeaders.addRawHeader(name, value)
         return b"" if code in (204, 304) else b"status %d\n" % code
 
+    def render_fault(self, request):
+        return faults.render_fault(request, self._reactor)
+
     def render_peer(self, request):
         request.setHeader(b"content-type", b"text/plain")
         return str(request.getClientAddress().port).encode("ascii")
@@ -179,8 +187,9 @@ class Backend(resource.Resource):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--port", type=int, default=80)
+    parser.add_argument("--port", type=int, action="append")
     options = parser.parse_args(argv)
+    ports = options.port or [80]
 
     from twisted.internet import reactor
 
@@ -189,7 +198,6 @@ def main(argv=None):
     site.requestFactory = RawHeaderRequest
     # Quiet Twisted's own access log; render() prints a line per request.
     site.log = lambda request: None
-    endpoint = endpoints.serverFromString(reactor, "tcp6:%d" % options.port)
 
     def listening(port):
         print("backend listening on %s" % (port.getHost(),), flush=True)
@@ -198,7 +206,9 @@ def main(argv=None):
         print("backend failed to listen: %s" % (failure.getErrorMessage(),), flush=True)
         reactor.stop()
 
-    endpoint.listen(site).addCallbacks(listening, failed)
+    for number in ports:
+        endpoint = endpoints.serverFromString(reactor, "tcp6:%d" % number)
+        endpoint.listen(site).addCallbacks(listening, failed)
     reactor.run()
     return 0
 

@@ -193,6 +193,8 @@ class CountingTests(unittest.TestCase):
         second = self.proxy.accept_upstream(local_port=50001)
         second.protocol.dataReceived(OK)
         self.assertEqual(self.stats.upstream_rq_retry, 1)
+        # The lost connection was under a request: a remote reset, retried.
+        self.assertEqual(self.stats.upstream_rq_rx_reset, 1)
         self.assertEqual((self.stats.downstream_rq_total, self.stats.upstream_rq_total), (2, 3))
         self.assertEqual((self.stats.downstream_rq_xx[2], self.stats.upstream_rq_xx[2]), (2, 2))
 
