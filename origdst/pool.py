@@ -85,7 +85,8 @@ class Pool:
         L{origdst.replies.Reply} that says why.
 
         @param fresh: skip idle connections (a retry after a reused connection
-            turned out to be closed).
+            turned out to be closed); while waiting, it may still get one
+            another request has just finished with, as in Envoy's pool.
         """
         while self.idle and not fresh:
             conn = self.idle.pop()
