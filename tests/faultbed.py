@@ -28,9 +28,9 @@ FAULTY = 80
 BYSTANDER = 8080
 #: In S nothing listens here.
 CLOSED = 81
-REQUEST_TIMEOUT = 3
-CONNECT_TIMEOUT = 2
-STREAM_IDLE_TIMEOUT = 5
+REQUEST_TIMEOUT = 2
+CONNECT_TIMEOUT = 1
+STREAM_IDLE_TIMEOUT = 3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.join(HERE, "faultclient.py")
