@@ -134,6 +134,20 @@ class FaultTestCase(testbed.TopologyTestCase):
         opened = cls.client("open", "admin", host="127.0.0.1", port=ADMIN_PORT)
         if not opened["ok"]:
             raise testbed.TopologyError("admin connection: %r" % (opened,))
+        # A fresh veth can take a moment (IPv6 neighbour discovery) before the first
+        # connection to a host gets through; the tests' connect timeout is short.
+        for host, port in ((testbed.SERVER_V6, BYSTANDER), (testbed.SERVER_V4, FAULTY)):
+            testbed.wait_for(lambda: cls._answers(host, port), 15, interval=0.2,
+                             what="a first request to [%s]:%d through the proxy" % (host, port))
+
+    @classmethod
+    def _answers(cls, host, port):
+        if not cls.client("open", "warm", host=host, port=port)["ok"]:
+            return False
+        cls.client("send", "warm", data=request("GET", "/echo?warm=1", host="warm"))
+        got = cls.client("response", "warm", timeout=5)
+        cls.client("close", "warm")
+        return got["status"] == 200
 
     def setUp(self):
         testbed.TopologyTestCase.setUp(self)

@@ -150,7 +150,8 @@ class BackendFaultTests(FaultTestCase):
         """
         The pooled connection closes just as the next request, a C{GET}, is sent on it: the
         request is sent once more on a fresh connection and succeeds; the backend saw it
-        twice, once dropped and once served, never served twice.
+        twice, once dropped and once served, never served twice.  The same for a C{POST}
+        without a body that carries an C{Idempotency-Key}.
         """
         self.open("f")
         self.arm("f")
@@ -161,8 +162,16 @@ class BackendFaultTests(FaultTestCase):
         self.assertEqual(self.backendSaw("GET /echo?id=retried HTTP/1.1 from"), 1)
         self.assertLogged("reused connection was closed; retrying.")
         self.assertAccess("/echo?id=retried", 200, "-", upstream_request_attempt_count=2)
-        self.assertCounted(upstream_rq_retry=1, upstream_rq_total=3, upstream_rq_2xx=2,
-                           upstream_cx_total=2)
+        # A POST without a body is safe to repeat once it carries an Idempotency-Key.
+        self.arm("f")
+        got = self.exchange("f", "POST", "/echo?id=keyed", body="",
+                            headers=[("Idempotency-Key", "k-1")])
+        self.assertEqual((got["status"], got["closed"]), (200, False), got)
+        self.assertEqual(self.backendSaw("closed unanswered at POST /echo?id=keyed"), 1)
+        self.assertEqual(self.backendSaw("POST /echo?id=keyed HTTP/1.1 from"), 1)
+        self.assertAccess("/echo?id=keyed", 200, "-", upstream_request_attempt_count=2)
+        self.assertCounted(upstream_rq_retry=2, upstream_rq_total=6, upstream_rq_2xx=4,
+                           upstream_cx_total=3)
         self.assertRecovered()
 
     def test_closed_on_reuse_not_replayed(self):
