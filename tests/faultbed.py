@@ -183,7 +183,8 @@ class FaultTestCase(testbed.TopologyTestCase):
         self.fail("cannot read %s: %r" % (path, got))
 
     def stats(self):
-        return {s["name"]: s["value"] for s in json.loads(self.admin("/stats?format=json"))["stats"]}
+        page = json.loads(self.admin("/stats?format=json"))
+        return {s["name"]: s["value"] for s in page["stats"]}
 
     def delta(self, *names):
         """
@@ -316,16 +317,16 @@ class FaultTestCase(testbed.TopologyTestCase):
         self.assertTrue(opened["ok"], opened)
         return opened["local_port"]
 
-    def assertLocalReply(self, response, status, body):
+    def assertLocalReply(self, response, status, body, c="f"):
         """
-        A local reply: status, text body, C{server: origdst}, C{Connection: close}, and the
-        connection closed after it.
+        A local reply on connection C{c}: status, text body, C{server: origdst},
+        C{Connection: close}, and the connection closed after it.
         """
         self.assertEqual((response["status"], response["body"]), (status, body), response)
         self.assertEqual(header(response, "server"), ["origdst"], response)
         self.assertIn("close", header(response, "connection"), response)
         self.assertTrue(response["complete"], response)
-        self.assertEqual(self.client("read", "f", timeout=5)["closed"], True)
+        self.assertEqual(self.client("read", c, timeout=5)["closed"], True)
 
     def assertBystander(self):
         """

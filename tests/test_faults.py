@@ -3,7 +3,7 @@ Faults end to end (issue 12, item 2): a backend that misbehaves on request
 (L{testbed.faults}) and a client that gives up, in the namespaces of L{testbed}, through the
 real REDIRECT rule from the unprivileged client.
 
-Each test asserts the documented status and body (the README's `Local replies`_), the log line
+Each test asserts the documented status and body (the README's "When a peer fails"), the log line
 (the proxy's, and the access log's entry with its Envoy flags), the counters in C{/stats}, that a
 bystander keep-alive connection opened before the fault still works after it, and that the
 proxy's open descriptors and C{/clusters} return to their starting values
