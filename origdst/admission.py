@@ -245,11 +245,11 @@ class Admission:
             self.via,
         )
         request.close_after = wants_close(version, index)
-        # Bodies are streamed, not kept, so only a request without one can be
-        # sent again; an Idempotency-Key marks any method as safe to repeat.
-        request.replayable = kind == framing.NONE and (
-            method in IDEMPOTENT or b"idempotency-key" in index
-        )
+        # Bodies are streamed, not kept, so only a request without one (or
+        # with an empty one) can be sent again; an Idempotency-Key marks any
+        # method as safe to repeat.
+        empty = kind == framing.NONE or (kind == framing.LENGTH and not length)
+        request.replayable = empty and (method in IDEMPOTENT or b"idempotency-key" in index)
         request.expect_continue = (
             kind != framing.NONE
             and version == HTTP11

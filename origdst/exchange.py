@@ -327,10 +327,8 @@ class Exchange:
         self.conn = None
         self.pool.stats.upstream_rq_rx_reset += 1
         if self.state is RESPONDING:
-            log.info(
-                "{tag} upstream {key}: connection termination after the response began.",
-                tag=self.tag, key=self.pool.key,
-            )
+            log.info("{tag} upstream {key}: connection termination after the response began.",
+                     tag=self.tag, key=self.pool.key)
             self._cut(accesslog.LATE_TERMINATION)
         elif reused and not response_started and self.replayable and not self.retried:
             # The server closed an idle keep-alive connection just as it was

@@ -28,9 +28,9 @@ FAULTY = 80
 BYSTANDER = 8080
 #: In S nothing listens here.
 CLOSED = 81
-REQUEST_TIMEOUT = 3
-CONNECT_TIMEOUT = 2
-STREAM_IDLE_TIMEOUT = 5
+REQUEST_TIMEOUT = 2
+CONNECT_TIMEOUT = 1
+STREAM_IDLE_TIMEOUT = 3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.join(HERE, "faultclient.py")
@@ -134,6 +134,20 @@ class FaultTestCase(testbed.TopologyTestCase):
         opened = cls.client("open", "admin", host="127.0.0.1", port=ADMIN_PORT)
         if not opened["ok"]:
             raise testbed.TopologyError("admin connection: %r" % (opened,))
+        # A fresh veth can take a moment (IPv6 neighbour discovery) before the first
+        # connection to a host gets through; the tests' connect timeout is short.
+        for host, port in ((testbed.SERVER_V6, BYSTANDER), (testbed.SERVER_V4, FAULTY)):
+            testbed.wait_for(lambda: cls._answers(host, port), 15, interval=0.2,
+                             what="a first request to [%s]:%d through the proxy" % (host, port))
+
+    @classmethod
+    def _answers(cls, host, port):
+        if not cls.client("open", "warm", host=host, port=port)["ok"]:
+            return False
+        cls.client("send", "warm", data=request("GET", "/echo?warm=1", host="warm"))
+        got = cls.client("response", "warm", timeout=5)
+        cls.client("close", "warm")
+        return got["status"] == 200
 
     def setUp(self):
         testbed.TopologyTestCase.setUp(self)
@@ -169,7 +183,8 @@ class FaultTestCase(testbed.TopologyTestCase):
         self.fail("cannot read %s: %r" % (path, got))
 
     def stats(self):
-        return {s["name"]: s["value"] for s in json.loads(self.admin("/stats?format=json"))["stats"]}
+        page = json.loads(self.admin("/stats?format=json"))
+        return {s["name"]: s["value"] for s in page["stats"]}
 
     def delta(self, *names):
         """
@@ -302,16 +317,16 @@ class FaultTestCase(testbed.TopologyTestCase):
         self.assertTrue(opened["ok"], opened)
         return opened["local_port"]
 
-    def assertLocalReply(self, response, status, body):
+    def assertLocalReply(self, response, status, body, c="f"):
         """
-        A local reply: status, text body, C{server: origdst}, C{Connection: close}, and the
-        connection closed after it.
+        A local reply on connection C{c}: status, text body, C{server: origdst},
+        C{Connection: close}, and the connection closed after it.
         """
         self.assertEqual((response["status"], response["body"]), (status, body), response)
         self.assertEqual(header(response, "server"), ["origdst"], response)
         self.assertIn("close", header(response, "connection"), response)
         self.assertTrue(response["complete"], response)
-        self.assertEqual(self.client("read", "f", timeout=5)["closed"], True)
+        self.assertEqual(self.client("read", c, timeout=5)["closed"], True)
 
     def assertBystander(self):
         """

@@ -53,6 +53,21 @@ class AdmittedTests(unittest.TestCase):
         self.assertEqual((request.expect_continue, request.replayable), (True, False))
         self.assertIn(b"content-length: 5\r\n", request.upstream_head)
 
+    def test_empty_body_replayable(self):
+        """
+        C{Content-Length: 0} is no body to keep: such a request may be sent
+        again when its method is idempotent or it has an C{Idempotency-Key},
+        as one without a length may; a non-empty one never.
+        """
+        cases = [
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nIdempotency-Key: k", True),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0", True),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0", False),
+            (b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nIdempotency-Key: k", False),
+        ]
+        for head, replayable in cases:
+            self.assertEqual(admit(head).replayable, replayable, head)
+
     def test_http10_gets_host(self):
         """
         An HTTP/1.0 request without Host goes upstream with one naming the
