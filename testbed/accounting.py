@@ -32,6 +32,7 @@ import time
 from testbed.names import SERVER_V4
 from testbed.process import TopologyError, wait_for
 from testbed.topology import REPO_ROOT
+from testbed.figures import stat_values
 
 LEDGER = os.path.join(REPO_ROOT, "testbed", "ledger.py")
 LOADGEN = os.path.join(REPO_ROOT, "testbed", "loadgen.py")
@@ -241,7 +242,7 @@ class Accounting:
                 "'http://127.0.0.1:%d/stats?format=json', timeout=10).read().decode())"
                 % ADMIN_PORT)
         out = self.topology.exec(self.topology.client, ["/usr/bin/python3", "-c", code]).stdout
-        return {s["name"]: s["value"] for s in json.loads(out)["stats"]}
+        return stat_values(out)
 
     def _read_ledger(self):
         """

@@ -19,6 +19,7 @@ import subprocess
 from twisted.trial import unittest
 
 import testbed
+from testbed.figures import stat_values
 
 PROXY_PORT = 15001
 ADMIN_PORT = 9901
@@ -183,8 +184,7 @@ class FaultTestCase(testbed.TopologyTestCase):
         self.fail("cannot read %s: %r" % (path, got))
 
     def stats(self):
-        page = json.loads(self.admin("/stats?format=json"))
-        return {s["name"]: s["value"] for s in page["stats"]}
+        return stat_values(self.admin("/stats?format=json"))
 
     def delta(self, *names):
         """

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 
 import testbed
 from tests import browser
+from testbed.figures import stat_values
 
 PROXY_PORT = 15002
 ADMIN_PORT = 19901
@@ -94,7 +95,7 @@ class AdminEndToEndTests(testbed.TopologyTestCase):
     def stats(self):
         status, body = self.admin("/stats?format=json")
         self.assertEqual(status, 200)
-        return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "name" in s}
+        return stat_values(body)
 
     def hosts(self):
         status, body = self.admin("/clusters?format=json")

@@ -23,6 +23,7 @@ from twisted.trial import runner, unittest
 import testbed
 from testbed import netclient
 from testbed.backend import pattern
+from testbed.figures import stat_values
 
 PROXY_PORT = 15001
 BACKEND_PORT = 80
@@ -392,8 +393,7 @@ class NotRedirectedTests(testbed.TopologyTestCase):
         self.assertIsNone(result["error"], result)
         [response] = result["responses"]
         self.assertEqual(response["status"], 200, response)
-        values = {s["name"]: s["value"] for s in json.loads(response["body"])["stats"] if "name" in s}
-        return values[name]
+        return stat_values(response["body"])[name]
 
     def test_no_original_destination(self):
         """

@@ -18,6 +18,7 @@ from twisted.trial import unittest
 from origdst import tap, workers
 from origdst.tap import Options
 import testbed
+from testbed.figures import stat_values
 
 
 class ParseTests(unittest.TestCase):
@@ -162,8 +163,7 @@ class WorkersEndToEndTests(testbed.TopologyTestCase):
         return answer["body"]
 
     def stats(self):
-        data = json.loads(self.admin("/stats?format=json"))
-        return {s["name"]: s["value"] for s in data["stats"] if "name" in s}
+        return stat_values(self.admin("/stats?format=json"))
 
     def prometheus(self, metric):
         """
