@@ -13,10 +13,17 @@ the first bytes a redirected client sends before anything is connected:
   - anything else, or nothing within C{--detect-timeout} (the server speaks
     first: SSH, SMTP, MySQL): the relay (L{origdst.tcp}).
 
-Ports in C{--tcp-ports} take the relay without waiting. The bytes read while
-deciding are handed to the chosen side unchanged.
+Ports in C{--tcp-ports} take the relay and ports in C{--http-ports} the HTTP
+proxy, without waiting. The bytes read while deciding are handed to the
+chosen side unchanged.
+
+Detection sits in front of every connection, so it is kept cheap: bytes that
+came with the connection (a client's request is usually in the socket by the
+time it is accepted) are read at once and decide without a timer; the others
+wait in the listener's L{Waiting}, one timer for all of them.
 """
 
+import errno
 import re
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -82,6 +89,70 @@ def classify(data, final=False):
     return None
 
 
+class Waiting:
+    """
+    The detectors of one listener waiting for their first bytes, each until
+    its own deadline, under one timer: arming and cancelling a
+    C{callLater} for every connection costs more than the rest of
+    detection, and most connections never need it.
+
+    Deadlines are kept in order of arrival, which is their order as the wait
+    is the same for all; the timer is armed for the first one only.
+    """
+
+    def __init__(self, reactor, timeout):
+        """
+        @param timeout: seconds each detector may wait (C{--detect-timeout}).
+        """
+        self.reactor = reactor
+        self.timeout = timeout
+        self.deadlines = {}
+        self.timer = None
+
+    def add(self, detector):
+        """
+        Call C{detector.timed_out()} in C{timeout} seconds unless it is
+        L{discard}ed first.
+        """
+        self.deadlines[detector] = self.reactor.seconds() + self.timeout
+        if self.timer is None:
+            self.timer = self.reactor.callLater(self.timeout, self._expire)
+
+    def discard(self, detector):
+        self.deadlines.pop(detector, None)
+
+    def _expire(self):
+        self.timer = None
+        deadlines = self.deadlines
+        now = self.reactor.seconds()
+        while deadlines:
+            detector = next(iter(deadlines))
+            deadline = deadlines[detector]
+            if deadline > now:
+                self.timer = self.reactor.callLater(deadline - now, self._expire)
+                return
+            del deadlines[detector]
+            detector.timed_out()
+
+
+def arrived(transport):
+    """
+    @return: the bytes already in the socket of a just accepted connection,
+        read without waiting; C{b""} when there are none yet (or the client
+        already closed: the reactor's own read then finds that).
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return b""
+    try:
+        return sock.recv(transport.bufferSize)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            # The reactor's next read reports the connection's end.
+            log.debug("{error} reading a new connection", error=e)
+        return b""
+
+
 @implementer(IHalfCloseableProtocol)
 class Detector(Protocol):
     """
@@ -101,6 +172,7 @@ class Detector(Protocol):
         self.buf = b""
         self.hello = None
         self.timer = None
+        self.waiting = None
         self.done = False
         self.peer = self.destination = self.refusal = None
 
@@ -110,10 +182,20 @@ class Detector(Protocol):
         if self.refusal is not None:
             # Not proxied at all: the HTTP side answers why, as before.
             self._hand(HTTP)
-        elif self.destination[1] in factory.tcp_ports:
+            return
+        port = self.destination[1]
+        if port in factory.tcp_ports:
             self._hand(RELAY)
-        else:
-            self.timer = factory.reactor.callLater(factory.settings.detect_timeout, self._timed_out)
+            return
+        if port in factory.http_ports:
+            self._hand(HTTP)
+            return
+        data = arrived(self.transport)
+        if data:
+            self.dataReceived(data)
+        if not self.done and self.hello is None:
+            self.waiting = factory.waiting
+            self.waiting.add(self)
 
     def dataReceived(self, data):
         if self.done:
@@ -167,8 +249,11 @@ class Detector(Protocol):
         self.factory.cluster.stats.sni_not_found += 1
         self._hand(RELAY, tls.ClientHello())
 
-    def _timed_out(self):
-        self.timer = None
+    def timed_out(self):
+        """
+        Nothing decided within C{--detect-timeout}: called by L{Waiting}.
+        """
+        self.waiting = None
         if not self.done:
             self._hand(classify(self.buf, final=True))
 
@@ -219,6 +304,9 @@ class Detector(Protocol):
             protocol.dataReceived(data)
 
     def _cancel(self):
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.discard(self)
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
