@@ -1,0 +1,88 @@
+"""
+PyPy's nursery size, chosen for the proxy.
+
+PyPy's default nursery (its young generation: half the CPU's cache, 1 MiB
+here) is small for a proxy: every minor collection promotes the objects of
+the requests in flight, they die in the old generation, and the major
+collections that follow make the tail at saturation five times Envoy's
+(README, Runtimes). A larger nursery promotes far less. PyPy reads its size
+from C{PYPY_GC_NURSERY} only when the interpreter starts, so a user would
+have to export it in every launcher; instead, origdst under PyPy without
+that variable starts itself again at once, before anything is set up: the
+same process (C{execve}: same PID, descriptors, systemd's sockets), the same
+command line (read from C{/proc/self/cmdline}, which also keeps a C{-c}
+launcher's code), with C{PYPY_GC_NURSERY=}L{SIZE}.
+
+A C{PYPY_GC_NURSERY} that is set, to any value, is the user's choice and is
+kept. CPython has no nursery: nothing is done there.
+"""
+
+import os
+import sys
+
+from origdst.logs import logger
+
+log = logger("origdst.nursery")
+
+VARIABLE = "PYPY_GC_NURSERY"
+
+#: The nursery origdst starts PyPy with (README, Runtimes, for the figures).
+SIZE = "16M"
+
+
+def wanted(environ, implementation):
+    """
+    @return: whether this process should start itself again with L{SIZE}.
+    """
+    return implementation == "pypy" and VARIABLE not in environ
+
+
+def command_line(path="/proc/self/cmdline"):
+    """
+    @return: this process's command line as it was given, a list of
+        C{bytes}, or C{None} when it cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    args = raw.split(b"\0")
+    if args and args[-1] == b"":
+        args.pop()
+    return args or None
+
+
+def restart(environ=None, implementation=None, executable=None, argv=None, execve=os.execve):
+    """
+    Under PyPy without C{PYPY_GC_NURSERY}, replace this process by itself
+    with it set to L{SIZE}; it returns only when nothing is to be done or the
+    restart cannot be made (then the proxy runs on with PyPy's default, and a
+    log line says why).
+
+    @param argv: the command line (L{command_line} by default).
+    @param execve: L{os.execve}, replaceable for tests.
+    @return: C{False} when nothing was to be done or it failed.
+    """
+    environ = os.environ if environ is None else environ
+    implementation = sys.implementation.name if implementation is None else implementation
+    if not wanted(environ, implementation):
+        return False
+    executable = sys.executable if executable is None else executable
+    argv = command_line() if argv is None else argv
+    if not argv or not executable:
+        log.warn("Cannot read this process's command line: PyPy keeps its default nursery.")
+        return False
+    env = dict(environ)
+    env[VARIABLE] = SIZE
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        execve(executable, [executable] + list(argv[1:]), env)
+    except OSError as e:
+        log.warn("Cannot restart with {var}={size} ({error}): PyPy keeps its default nursery.",
+                 var=VARIABLE, size=SIZE, error=e)
+    return False
