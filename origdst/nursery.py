@@ -10,8 +10,11 @@ from C{PYPY_GC_NURSERY} only when the interpreter starts, so a user would
 have to export it in every launcher; instead, origdst under PyPy without
 that variable starts itself again at once, before anything is set up: the
 same process (C{execve}: same PID, descriptors, systemd's sockets), the same
-command line (read from C{/proc/self/cmdline}, which also keeps a C{-c}
-launcher's code), with C{PYPY_GC_NURSERY=}L{SIZE}.
+command line and environment as it was started with (read from
+C{/proc/self/cmdline}, which also keeps a C{-c} launcher's code, and
+C{/proc/self/environ}: Twisted removes systemd's C{LISTEN_PID} and
+C{LISTEN_FDS} from C{os.environ} as it reads them), with
+C{PYPY_GC_NURSERY=}L{SIZE}.
 
 A C{PYPY_GC_NURSERY} that is set, to any value, is the user's choice and is
 kept. CPython has no nursery: nothing is done there.
@@ -37,20 +40,40 @@ def wanted(environ, implementation):
     return implementation == "pypy" and VARIABLE not in environ
 
 
-def command_line(path="/proc/self/cmdline"):
-    """
-    @return: this process's command line as it was given, a list of
-        C{bytes}, or C{None} when it cannot be read.
-    """
+def _strings(path):
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError:
         return None
-    args = raw.split(b"\0")
-    if args and args[-1] == b"":
-        args.pop()
-    return args or None
+    strings = raw.split(b"\0")
+    if strings and strings[-1] == b"":
+        strings.pop()
+    return strings
+
+
+def command_line(path="/proc/self/cmdline"):
+    """
+    @return: this process's command line as it was given, a list of
+        C{bytes}, or C{None} when it cannot be read.
+    """
+    return _strings(path) or None
+
+
+def initial_environment(path="/proc/self/environ"):
+    """
+    @return: the environment this process was started with, or C{None} when
+        it cannot be read.
+    """
+    strings = _strings(path)
+    if strings is None:
+        return None
+    environ = {}
+    for item in strings:
+        name, equals, value = item.partition(b"=")
+        if equals:
+            environ[os.fsdecode(name)] = os.fsdecode(value)
+    return environ
 
 
 def restart(environ=None, implementation=None, executable=None, argv=None, execve=os.execve):
@@ -60,11 +83,16 @@ def restart(environ=None, implementation=None, executable=None, argv=None, execv
     restart cannot be made (then the proxy runs on with PyPy's default, and a
     log line says why).
 
+    @param environ: the environment it was started with
+        (L{initial_environment} by default, else C{os.environ}).
     @param argv: the command line (L{command_line} by default).
     @param execve: L{os.execve}, replaceable for tests.
     @return: C{False} when nothing was to be done or it failed.
     """
-    environ = os.environ if environ is None else environ
+    if environ is None:
+        environ = initial_environment()
+        if environ is None:
+            environ = os.environ
     implementation = sys.implementation.name if implementation is None else implementation
     if not wanted(environ, implementation):
         return False

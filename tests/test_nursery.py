@@ -73,23 +73,37 @@ class RestartTests(unittest.TestCase):
         self.assertEqual(nursery.command_line(path), [b"pypy3", b"-c", b"import x; run()", b"", b"-n"])
         self.assertIsNone(nursery.command_line(path + ".missing"))
 
+    def test_initial_environment(self):
+        """
+        /proc/self/environ's variables, as the process was started.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"LISTEN_PID=12\0EMPTY=\0A=b=c\0junk\0")
+        self.assertEqual(nursery.initial_environment(path), {"LISTEN_PID": "12", "EMPTY": "", "A": "b=c"})
+        self.assertIsNone(nursery.initial_environment(path + ".missing"))
+
     def test_real_process(self):
         """
         A real interpreter: under PyPy it runs again, same PID and command
         line, with the variable set, and once only; under CPython it goes on.
         """
         code = ("import os, sys; from origdst import nursery; "
-                "print(os.getpid(), os.environ.get('PYPY_GC_NURSERY'), sys.argv[1:], flush=True); "
+                "print(os.getpid(), os.environ.get('PYPY_GC_NURSERY'), sys.argv[1:], "
+                "os.environ.pop('LISTEN_PID'), flush=True); "
                 "nursery.restart(); print('on', flush=True)")
         env = {k: v for k, v in os.environ.items() if k != "PYPY_GC_NURSERY"}
         env["PYTHONPATH"] = REPO
+        # Removed from os.environ before the restart, as Twisted does: the
+        # restarted process has it again.
+        env["LISTEN_PID"] = "7"
         out = subprocess.run([sys.executable, "-c", code, "a b", ""], env=env, stdout=subprocess.PIPE,
                              timeout=120, check=True).stdout.decode().splitlines()
         pid = out[0].split()[0]
         if sys.implementation.name == "pypy":
-            self.assertEqual(out, [f"{pid} None ['a b', '']", f"{pid} {nursery.SIZE} ['a b', '']", "on"])
+            self.assertEqual(out, [f"{pid} None ['a b', ''] 7", f"{pid} {nursery.SIZE} ['a b', ''] 7", "on"])
         else:
-            self.assertEqual(out, [f"{pid} None ['a b', '']", "on"])
+            self.assertEqual(out, [f"{pid} None ['a b', ''] 7", "on"])
 
     def test_plugin(self):
         """
