@@ -108,7 +108,6 @@ VARIANTS = {
     "lean": "import origdst.eventloop as e; "
             "e.LEAN_DISPATCH = dict.fromkeys(e.LEAN_DISPATCH, True); ",
     "nogcbound": "import origdst.gcbound as g; g.install = lambda *a, **k: None; ",
-    "nofollow": "import origdst.gcbound as g; g.FOLLOW = 0; ",
 }
 
 #: Switches of a target's name that set the proxy's environment: PyPy's GC

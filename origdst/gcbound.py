@@ -23,12 +23,6 @@ major collections a second (PYPYLOG: 96 in a 30 s benchmark run, 3.7 s of
 major steps of up to 7 ms), and p99 at saturation was 37 ms instead of 24.
 Those small objects are PyPy's own business, at its own pace. CPython has no
 such hooks and frees the bytes at once: nothing is done there.
-
-The hooks run only at minor collections, which a larger nursery makes rarer
-(L{origdst.nursery}: 16 times rarer at 16 MiB), and a download allocates
-little besides its bytes; so once a minor collection finds the limit passed,
-the steps go on every L{FOLLOW} seconds on the reactor's clock while it is
-still passed, and stop when it is not.
 """
 
 import gc
@@ -36,10 +30,6 @@ import gc
 #: How far the GC's large objects may grow above what the last major
 #: collection kept before the next one is stepped along.
 LIMIT = 4 * 1024 * 1024
-
-#: Seconds between the steps that follow one a minor collection ran, while
-#: the large objects are still past the limit; 0 = none.
-FOLLOW = 0.005
 
 
 def raw_bytes(gc=gc):
@@ -61,20 +51,12 @@ class GarbageBound:
     @ivar raw_bytes: returns the bytes of large objects now.
     """
 
-    def __init__(self, collect_step, raw_bytes, limit=LIMIT, reactor=None, follow=None):
-        """
-        @param reactor: for the steps that follow (C{callLater}); none
-            without it.
-        @param follow: seconds between them (L{FOLLOW} by default).
-        """
+    def __init__(self, collect_step, raw_bytes, limit=LIMIT):
         self.collect_step = collect_step
         self.raw_bytes = raw_bytes
         self.limit = limit
-        self.reactor = reactor
-        self.follow = FOLLOW if follow is None else follow
         self.floor = None
         self.stepping = False
-        self.following = None
 
     def on_gc_collect(self, stats):
         self.floor = stats.rawmalloc_bytes_after
@@ -83,36 +65,24 @@ class GarbageBound:
         if self.floor is None or self.stepping:
             return
         if self.raw_bytes() > self.floor + self.limit:
-            self._step()
-
-    def _step(self):
-        # A step may run minor collections of its own.
-        self.stepping = True
-        try:
-            self.collect_step()
-        finally:
-            self.stepping = False
-        if self.following is None and self.reactor is not None and self.follow:
-            self.following = self.reactor.callLater(self.follow, self._followed)
-
-    def _followed(self):
-        self.following = None
-        if self.raw_bytes() > self.floor + self.limit:
-            self._step()
+            # A step may run minor collections of its own.
+            self.stepping = True
+            try:
+                self.collect_step()
+            finally:
+                self.stepping = False
 
 
-def install(gc=gc, limit=LIMIT, reactor=None):
+def install(gc=gc, limit=LIMIT):
     """
     Bound the garbage, where the interpreter has GC hooks (PyPy).
-
-    @param reactor: for the steps that follow a minor collection's.
 
     @return: the installed L{GarbageBound}, or L{None} when there are no hooks.
     """
     hooks = getattr(gc, "hooks", None)
     if hooks is None:
         return None
-    bound = GarbageBound(gc.collect_step, lambda: raw_bytes(gc), limit, reactor)
+    bound = GarbageBound(gc.collect_step, lambda: raw_bytes(gc), limit)
     hooks.on_gc_collect = bound.on_gc_collect
     hooks.on_gc_minor = bound.on_gc_minor
     return bound

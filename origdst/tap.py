@@ -254,7 +254,7 @@ def makeService(options, reactor=None):
     settings = options.settings
     set_level(settings.log_level)
     eventloop.tune(reactor)
-    gcbound.install(reactor=reactor)
+    gcbound.install()
     observer = None
     if settings.log_format == "json":
         out = twistd_log_file(getattr(options, "parent", None))

@@ -6,7 +6,6 @@ the limit.
 
 import sys
 
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from origdst import gcbound
@@ -69,46 +68,6 @@ class GarbageBoundTests(unittest.TestCase):
         fake.hooks.on_gc_collect(Stats(arenas_bytes=1500, rawmalloc_bytes_after=500))
         minor(fake, 501)
         self.assertEqual(fake.steps, 1)
-
-    def test_steps_follow(self):
-        """
-        With a reactor, a step is followed by more on its clock while the
-        large objects are still past the limit, between minor collections;
-        then they stop, and no timer is left.
-        """
-        fake = FakeGC()
-        clock = Clock()
-        gcbound.install(fake, limit=100, reactor=clock)
-        fake.hooks.on_gc_collect(Stats(arenas_bytes=600, rawmalloc_bytes_after=400))
-        minor(fake, 501)
-        self.assertEqual(fake.steps, 1)
-        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [gcbound.FOLLOW])
-        clock.advance(gcbound.FOLLOW)
-        self.assertEqual(fake.steps, 2)
-        minor(fake, 700)
-        self.assertEqual(fake.steps, 3)
-        self.assertEqual(len(clock.getDelayedCalls()), 1, "one timer at a time")
-        fake.raw = 450
-        clock.advance(gcbound.FOLLOW)
-        self.assertEqual(fake.steps, 3)
-        self.assertEqual(clock.getDelayedCalls(), [])
-        clock.advance(1)
-        self.assertEqual(fake.steps, 3)
-
-    def test_no_follow_without_reactor(self):
-        """
-        Without a reactor (or with FOLLOW 0) steps happen at minor
-        collections only.
-        """
-        for kwargs in ({}, {"reactor": Clock(), "follow": 0}):
-            fake = FakeGC()
-            bound = gcbound.GarbageBound(fake.collect_step, fake._get_stats, 100, **kwargs)
-            fake.hooks.on_gc_minor = bound.on_gc_minor
-            bound.raw_bytes = lambda: fake.raw
-            bound.on_gc_collect(Stats(rawmalloc_bytes_after=400))
-            minor(fake, 501)
-            self.assertEqual(fake.steps, 1)
-            self.assertIsNone(bound.following)
 
     def test_small_objects_do_not_count(self):
         """
