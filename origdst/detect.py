@@ -18,9 +18,9 @@ proxy, without waiting. The bytes read while deciding are handed to the
 chosen side unchanged.
 
 Detection sits in front of every connection, so it is kept cheap: bytes that
-came with the connection (a client's request is usually in the socket by the
-time it is accepted) are read at once and decide without a timer; the others
-wait in the listener's L{Waiting}, one timer for all of them.
+came with the connection (a client that speaks first has often sent its
+request by the time the proxy accepts) are read at once and decide without a
+timer; the others wait in the listener's L{Waiting}, one timer for all.
 """
 
 import errno
@@ -92,9 +92,10 @@ def classify(data, final=False):
 class Waiting:
     """
     The detectors of one listener waiting for their first bytes, each until
-    its own deadline, under one timer: arming and cancelling a
-    C{callLater} for every connection costs more than the rest of
-    detection, and most connections never need it.
+    its own deadline, under one timer: no C{callLater} is armed and
+    cancelled for each connection (the reactor keeps cancelled calls in its
+    heap until it cleans it up), and under load most connections wait for
+    microseconds if at all.
 
     Deadlines are kept in order of arrival, which is their order as the wait
     is the same for all; the timer is armed for the first one only.
