@@ -116,7 +116,9 @@ ENV_VARIANTS = {
     "gclog": {"PYPYLOG": "gc-minor,gc-collect-step,gc-collect-done:/tmp/origdst-bench-pypylog-{name}.txt"},
     "jitlog": {"PYPYLOG": "jit-tracing,jit-optimize,gc-collect-step:"
                           "/tmp/origdst-bench-pypylog-{name}.txt"},
+    "nursery1m": {"PYPY_GC_NURSERY": "1M"},
     "nursery4m": {"PYPY_GC_NURSERY": "4M"},
+    "nursery8m": {"PYPY_GC_NURSERY": "8M"},
     "nursery16m": {"PYPY_GC_NURSERY": "16M"},
 }
 

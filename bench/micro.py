@@ -143,7 +143,9 @@ class Bench:
         Send C{n} requests, C{pipeline} at a time, each answered by the
         upstream as soon as its head arrives.
         """
-        channel = self.channel
+        # The listener's detector hands the connection to a ProxyChannel,
+        # which becomes the transport's protocol.
+        channel = getattr(self.client, "protocol", self.channel)
         data = REQUEST * pipeline
         for _ in range(n // pipeline):
             before = self.heads

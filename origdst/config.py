@@ -198,6 +198,11 @@ SETTINGS = (
         "(22,25,3306-3310).",
     ),
     Setting(
+        "http-ports", readers.port_list, "",
+        "Destination ports whose connections always take the HTTP proxy, no detection "
+        "(80,8080).",
+    ),
+    Setting(
         "detect-timeout", readers.seconds(), "0.3",
         "Seconds to wait for a client's first bytes before taking the TCP relay "
         "(protocols where the server speaks first).",
@@ -282,6 +287,23 @@ def check_admin(settings):
         raise ConfigError(
             f"admin: {description} is reachable from other hosts; give it "
             f"interface=127.0.0.1 (or ::1), or add --admin-allow-remote"
+        )
+
+
+def check_ports(settings):
+    """
+    Refuse a port that is both in C{tcp-ports} and in C{http-ports}.
+
+    @raise ConfigError: naming C{--http-ports} and the ports.
+    """
+    if not (settings.tcp_ports and settings.http_ports):
+        return
+    both = readers.parse_ports(settings.tcp_ports) & readers.parse_ports(settings.http_ports)
+    if both:
+        shown = ",".join(str(p) for p in sorted(both)[:5]) + (",..." if len(both) > 5 else "")
+        raise ConfigError(
+            f"http-ports: {settings.http_ports} has ports also in tcp-ports ({shown}); "
+            f"a port takes one or the other"
         )
 
 

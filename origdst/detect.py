@@ -13,12 +13,18 @@ the first bytes a redirected client sends before anything is connected:
   - anything else, or nothing within C{--detect-timeout} (the server speaks
     first: SSH, SMTP, MySQL): the relay (L{origdst.tcp}).
 
-Ports in C{--tcp-ports} take the relay without waiting. The bytes read while
-deciding are handed to the chosen side unchanged. A timeout that finds bytes
-waiting on the socket, not yet read because the proxy was busy (a burst of new
-connections, a long collection), reads them first: the client did speak in
-time, and an HTTP request relayed as TCP would go unparsed, unlogged and
-unchecked by C{Host}.
+Ports in C{--tcp-ports} take the relay and ports in C{--http-ports} the HTTP
+proxy, without waiting. The bytes read while deciding are handed to the
+chosen side unchanged.
+
+Detection sits in front of every connection, so it is kept cheap: bytes that
+came with the connection (a client that speaks first has often sent its
+request by the time the proxy accepts) are read at once and decide without a
+timer; the others wait in the listener's L{Waiting}, one timer for all. A
+timeout that finds bytes waiting on the socket, not yet read because the proxy
+was busy (a burst of new connections, a long collection), reads them first:
+the client did speak in time, and an HTTP request relayed as TCP would go
+unparsed, unlogged and unchecked by C{Host}.
 """
 
 import errno
@@ -87,11 +93,59 @@ def classify(data, final=False):
     return None
 
 
+class Waiting:
+    """
+    The detectors of one listener waiting for their first bytes, each until
+    its own deadline, under one timer: no C{callLater} is armed and
+    cancelled for each connection (the reactor keeps cancelled calls in its
+    heap until it cleans it up), and under load most connections wait for
+    microseconds if at all.
+
+    Deadlines are kept in order of arrival, which is their order as the wait
+    is the same for all; the timer is armed for the first one only.
+    """
+
+    def __init__(self, reactor, timeout):
+        """
+        @param timeout: seconds each detector may wait (C{--detect-timeout}).
+        """
+        self.reactor = reactor
+        self.timeout = timeout
+        self.deadlines = {}
+        self.timer = None
+
+    def add(self, detector):
+        """
+        Call C{detector.timed_out()} in C{timeout} seconds unless it is
+        L{discard}ed first.
+        """
+        self.deadlines[detector] = self.reactor.seconds() + self.timeout
+        if self.timer is None:
+            self.timer = self.reactor.callLater(self.timeout, self._expire)
+
+    def discard(self, detector):
+        self.deadlines.pop(detector, None)
+
+    def _expire(self):
+        self.timer = None
+        deadlines = self.deadlines
+        now = self.reactor.seconds()
+        while deadlines:
+            detector = next(iter(deadlines))
+            deadline = deadlines[detector]
+            if deadline > now:
+                self.timer = self.reactor.callLater(deadline - now, self._expire)
+                return
+            del deadlines[detector]
+            detector.timed_out()
+
+
 def arrived(transport):
     """
-    @return: the bytes waiting in the socket of C{transport}, read without
-        waiting; C{b""} when there are none (or the client closed: the
-        reactor's own read then finds that).
+    @return: the bytes already in the socket of C{transport} (a just accepted
+        connection, or one whose timeout came), read without waiting; C{b""}
+        when there are none yet (or the client already closed: the reactor's
+        own read then finds that).
     """
     sock = getattr(transport, "socket", None)
     if sock is None:
@@ -124,6 +178,7 @@ class Detector(Protocol):
         self.buf = b""
         self.hello = None
         self.timer = None
+        self.waiting = None
         self.done = False
         self.peer = self.destination = self.refusal = None
 
@@ -133,10 +188,20 @@ class Detector(Protocol):
         if self.refusal is not None:
             # Not proxied at all: the HTTP side answers why, as before.
             self._hand(HTTP)
-        elif self.destination[1] in factory.tcp_ports:
+            return
+        port = self.destination[1]
+        if port in factory.tcp_ports:
             self._hand(RELAY)
-        else:
-            self.timer = factory.reactor.callLater(factory.settings.detect_timeout, self._timed_out)
+            return
+        if port in factory.http_ports:
+            self._hand(HTTP)
+            return
+        data = arrived(self.transport)
+        if data:
+            self.dataReceived(data)
+        if not self.done and self.hello is None:
+            self.waiting = factory.waiting
+            self.waiting.add(self)
 
     def dataReceived(self, data):
         if self.done:
@@ -190,14 +255,18 @@ class Detector(Protocol):
         self.factory.cluster.stats.sni_not_found += 1
         self._hand(RELAY, tls.ClientHello())
 
-    def _timed_out(self):
-        self.timer = None
+    def timed_out(self):
+        """
+        Nothing decided within C{--detect-timeout}: called by L{Waiting}.
+
+        The reactor fires due timers before it reads: after the process
+        stalled (a loaded machine, a long collection) a client's first bytes
+        can be waiting unread, and an HTTP client would be taken for one whose
+        server speaks first. They are read before deciding.
+        """
+        self.waiting = None
         if self.done:
             return
-        # The reactor fires due timers before it reads: after the process
-        # stalled (a loaded machine, a long collection) a client's first bytes
-        # can be waiting unread, and an HTTP client would be taken for one
-        # whose server speaks first. Read them before deciding.
         data = arrived(self.transport)
         if data:
             self.dataReceived(data)
@@ -251,6 +320,9 @@ class Detector(Protocol):
             protocol.dataReceived(data)
 
     def _cancel(self):
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.discard(self)
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()

@@ -15,7 +15,7 @@ from twisted.internet.protocol import ServerFactory
 from origdst import replies
 from origdst.addresses import host_port, socket_ip
 from origdst.admission import Admission
-from origdst.detect import Detector
+from origdst.detect import Detector, Waiting
 from origdst.downstream import ProxyChannel
 from origdst.drain import Connections
 from origdst.logs import debug_enabled, logger
@@ -56,6 +56,9 @@ class ListenerFactory(ServerFactory):
         self.admission = Admission(settings, self.policy)
         self.access_log = access_log
         self.tcp_ports = parse_ports(settings.tcp_ports) if settings.tcp_ports else frozenset()
+        self.http_ports = parse_ports(settings.http_ports) if settings.http_ports else frozenset()
+        # The detectors waiting for their first bytes, under one timer.
+        self.waiting = Waiting(reactor, settings.detect_timeout)
         self._ids = itertools.count(1)
         # The open client connections, for a drain.
         self.connections = Connections()

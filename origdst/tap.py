@@ -88,6 +88,7 @@ class Options(usage.Options):
                 raise config.ConfigError(f"--{option}: invalid endpoint description {description!r}: {e}")
         try:
             config.check_admin(settings)
+            config.check_ports(settings)
         except config.ConfigError as e:
             raise config.ConfigError(f"--{e}")
         if settings.workers > 1:

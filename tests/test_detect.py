@@ -5,13 +5,17 @@ proxy, TLS passthrough or the TCP relay; the clock is a L{MemoryReactorClock}.
 
 import errno
 
+import socket
+
+from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.trial import unittest
 
 from origdst.cluster import OriginalDstCluster
 from origdst.config import Settings
-from origdst.detect import HTTP, RELAY, TLS, classify
+from origdst.detect import HTTP, RELAY, TLS, Waiting, classify
 from origdst.downstream import ProxyChannel
 from origdst.listener import ListenerFactory
 from origdst.tcp import Relay
@@ -123,6 +127,26 @@ class SettingsTests(unittest.TestCase):
             e = self.assertRaises(config.ConfigError, config.parse, "tcp-ports", bad)
             self.assertIn("tcp-ports", str(e))
 
+    def test_http_ports(self):
+        """
+        Read as --tcp-ports is, empty by default; a port in both lists is
+        refused with the option's name.
+        """
+        from origdst import config
+        from origdst.tap import Options
+        from twisted.python import usage
+
+        self.assertEqual(config.Settings().http_ports, "")
+        self.assertEqual(config.parse("http-ports", " 80, 8080-8081 "), "80,8080-8081")
+        e = self.assertRaises(config.ConfigError, config.parse, "http-ports", "80,x")
+        self.assertIn("http-ports", str(e))
+        e = self.assertRaises(
+            usage.UsageError, Options().parseOptions,
+            ["--tcp-ports", "22,8000-8100", "--http-ports", "80,8080"],
+        )
+        self.assertIn("--http-ports", str(e))
+        self.assertIn("8080", str(e))
+
     def test_timeouts(self):
         """
         The defaults; a detect timeout must be positive; a bad server name
@@ -151,12 +175,20 @@ class Proxy:
             self.cluster, self.settings, self.reactor, original_destination=lambda handle: DEST
         )
 
-    def connect(self):
+    def connect(self, arrived=None):
+        """
+        @param arrived: what the socket holds when the connection is
+            accepted: bytes, or an C{OSError} its C{recv} raises; no socket
+            (as a test transport has none) if C{None}.
+        """
         transport = StringTransportWithDisconnection(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 4999),
             peerAddress=IPv4Address("TCP", "10.250.0.2", 40000),
         )
         transport.getHandle = lambda: transport
+        if arrived is not None:
+            transport.socket = FakeSocket(arrived)
+            transport.bufferSize = 65536
         detector = self.factory.buildProtocol(None)
         transport.protocol = detector
         detector.makeConnection(transport)
@@ -176,6 +208,62 @@ class WaitingSocket:
         if not self.pieces:
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
         return self.pieces.pop(0)
+class FakeSocket:
+    """
+    The C{recv} of a non-blocking socket that holds C{arrived}, then nothing.
+    """
+
+    def __init__(self, arrived):
+        self.arrived = arrived
+        self.reads = []
+
+    def recv(self, size):
+        self.reads.append(size)
+        arrived, self.arrived = self.arrived, OSError(errno.EAGAIN, "again")
+        if isinstance(arrived, OSError):
+            raise arrived
+        return arrived
+
+
+class WaitingTests(unittest.TestCase):
+    """
+    L{Waiting}: one timer for every detector's deadline.
+    """
+
+    class Detector:
+        def __init__(self, fired, name):
+            self.fired, self.name = fired, name
+
+        def timed_out(self):
+            self.fired.append(self.name)
+
+    def test_deadlines(self):
+        """
+        Each waits its own timeout, under one timer at a time; a discarded
+        one is not called.
+        """
+        clock = MemoryReactorClock()
+        waiting = Waiting(clock, 0.3)
+        fired = []
+        a, b, c = (self.Detector(fired, name) for name in "abc")
+        waiting.add(a)
+        clock.advance(0.1)
+        waiting.add(b)
+        clock.advance(0.1)
+        waiting.add(c)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        waiting.discard(a)
+        clock.advance(0.1)
+        self.assertEqual(fired, [])
+        clock.advance(0.1)
+        self.assertEqual(fired, ["b"])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0.1)
+        self.assertEqual(fired, ["b", "c"])
+        self.assertEqual((clock.getDelayedCalls(), waiting.deadlines), ([], {}))
+        waiting.add(a)
+        clock.advance(0.3)
+        self.assertEqual(fired, ["b", "c", "a"])
 
 
 class DetectorTests(unittest.TestCase):
@@ -351,3 +439,146 @@ class DetectorTests(unittest.TestCase):
         self.assertIsInstance(transport.protocol, ProxyChannel)
         transport.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
+
+
+class FastPathTests(unittest.TestCase):
+    """
+    Bytes already in the socket when the connection is accepted decide at
+    once, without waiting; ports in --http-ports are HTTP without detection.
+    """
+
+    def test_arrived_http(self):
+        """
+        A request that came with the connection goes to the HTTP proxy
+        during the accept, and nothing waits.
+        """
+        proxy = Proxy()
+        transport = proxy.connect(arrived=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIsInstance(transport.protocol, ProxyChannel)
+        self.assertEqual(transport.socket.reads, [65536])
+        self.assertEqual([c[:2] for c in proxy.reactor.tcpClients], [DEST])
+        self.assertEqual((proxy.factory.waiting.timer, proxy.factory.waiting.deadlines), (None, {}))
+        self.assertEqual(proxy.cluster.stats.http_found, 1)
+
+    def test_arrived_tls(self):
+        """
+        A whole ClientHello that came with the connection is read at once.
+        """
+        proxy = Proxy()
+        raw = openssl_hello()
+        transport = proxy.connect(arrived=raw)
+        relay = transport.protocol
+        self.assertIsInstance(relay, Relay)
+        self.assertEqual(relay.hello.server_name, "backend.example.test")
+        self.assertEqual(b"".join(relay.pending), raw)
+        self.assertEqual(proxy.factory.waiting.deadlines, {})
+
+    def test_arrived_part(self):
+        """
+        Too few bytes to decide: the connection waits with them, and the
+        rest decides.
+        """
+        proxy = Proxy()
+        transport = proxy.connect(arrived=b"GE")
+        self.assertEqual(list(proxy.factory.waiting.deadlines), [transport.protocol])
+        transport.protocol.dataReceived(b"T / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIsInstance(transport.protocol, ProxyChannel)
+        self.assertEqual(proxy.factory.waiting.deadlines, {})
+        self.assertEqual(len(proxy.reactor.tcpClients), 1)
+
+    def test_arrived_part_times_out(self):
+        """
+        Part of a method and nothing more within the detect timeout: HTTP,
+        with the bytes that came.
+        """
+        proxy = Proxy(detect_timeout=0.3)
+        transport = proxy.connect(arrived=b"GE")
+        proxy.reactor.advance(0.3)
+        self.assertIsInstance(transport.protocol, ProxyChannel)
+
+    def test_nothing_yet(self):
+        """
+        A socket with nothing in it (C{EAGAIN}), or an error the reactor's
+        read will report: the connection waits as before.
+        """
+        for arrived in (OSError(errno.EAGAIN, "again"), OSError(errno.ECONNRESET, "reset"), b""):
+            proxy = Proxy(detect_timeout=0.3)
+            transport = proxy.connect(arrived=arrived)
+            self.assertNotIsInstance(transport.protocol, (ProxyChannel, Relay))
+            proxy.reactor.advance(0.3)
+            self.assertIsInstance(transport.protocol, Relay)
+
+    def test_many_waiting_one_timer(self):
+        """
+        Silent connections share one timer; each still takes the relay at its
+        own deadline.
+        """
+        proxy = Proxy(detect_timeout=0.3)
+        first = [proxy.connect() for _ in range(50)]
+        proxy.reactor.advance(0.1)
+        second = [proxy.connect() for _ in range(50)]
+        self.assertEqual(len(proxy.reactor.getDelayedCalls()), 1)
+        proxy.reactor.advance(0.2)
+        self.assertEqual({type(t.protocol) for t in first}, {Relay})
+        self.assertNotIn(Relay, {type(t.protocol) for t in second})
+        proxy.reactor.advance(0.1)
+        self.assertEqual({type(t.protocol) for t in second}, {Relay})
+        self.assertEqual(len(proxy.reactor.tcpClients), 100)
+
+    def test_closed_while_waiting(self):
+        """
+        A connection lost while it waits leaves the waiting list.
+        """
+        proxy = Proxy()
+        transport = proxy.connect()
+        transport.loseConnection()
+        self.assertEqual(proxy.factory.waiting.deadlines, {})
+
+    def test_http_ports(self):
+        """
+        A port in --http-ports is HTTP at once: a client silent for longer
+        than the detect timeout (a preconnect) is still proxied as HTTP, and
+        bytes that are not HTTP get 400.
+        """
+        proxy = Proxy(http_ports="80,400-450", detect_timeout=0.3)
+        transport = proxy.connect()
+        self.assertIsInstance(transport.protocol, ProxyChannel)
+        self.assertEqual(proxy.factory.waiting.deadlines, {})
+        proxy.reactor.advance(5)
+        transport.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual([c[:2] for c in proxy.reactor.tcpClients], [DEST])
+        self.assertEqual(proxy.cluster.stats.http_found, 1)
+        other = proxy.connect()
+        other.protocol.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        self.assertTrue(other.value().startswith(b"HTTP/1.1 400 "), other.value())
+
+    def test_real_socket(self):
+        """
+        Over a real loopback connection whose request is sent before the
+        reactor accepts it, the request is read during the accept: nothing
+        waits, and the HTTP side gets every byte once.
+        """
+        request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        got = defer.Deferred()
+
+        class Recorder(Protocol):
+            def dataReceived(self, data):
+                got.callback(data)
+
+        settings = Settings()
+        cluster = OriginalDstCluster(settings, reactor)
+        factory = ListenerFactory(cluster, settings, reactor, original_destination=lambda handle: DEST)
+        factory.http_channel = lambda tag, resolved: Recorder()
+        waited = []
+        factory.waiting.add = waited.append
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(request)
+
+        def check(data):
+            self.assertEqual(data, request)
+            self.assertEqual(waited, [])
+
+        return got.addCallback(check)
