@@ -77,7 +77,8 @@ class Setting:
 SETTINGS = (
     Setting(
         "port", readers.port, "tcp:4999",
-        "Endpoint description to listen on (a bare number means tcp:N; tcp6:N is dual-stack).",
+        "Endpoint description to listen on (a bare number means tcp:N; tcp6:N is "
+        "dual-stack; listen backlog 1024).",
     ),
     # Loopback only by default: the admin interface shows where the host
     # connects and can change the log level.
@@ -165,7 +166,7 @@ SETTINGS = (
     Setting(
         "workers", readers.positive_int, "1",
         "Proxy processes sharing --port (a tcp: or tcp6: endpoint); "
-        "the admin interface shows the first one's figures.",
+        "the admin interface shows their sum.",
     ),
     # Envoy's downstream idle_timeout (1 h).
     Setting(

@@ -116,6 +116,19 @@ for _setting in config.SETTINGS:
         setattr(Options, "opt_" + _setting.attribute, _list_option(_setting))
 
 
+def with_backlog(description, backlog=workers.BACKLOG):
+    """
+    A C{tcp:} or C{tcp6:} description without C{backlog=} gets one of
+    C{backlog}: Twisted's default of 50 drops the SYNs of a burst of new
+    connections (every client of a host at once), each then retried a second
+    later, where Envoy listens with the system's C{somaxconn}.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description.lower():
+        return f"{description}:backlog={backlog}"
+    return description
+
+
 class ListenerService(Service):
     """
     Listens in the privileged start phase, so twistd's --uid can drop root
@@ -147,7 +160,7 @@ class ListenerService(Service):
         Service.privilegedStartService(self)
         endpoint = self.endpoint
         if endpoint is None:
-            endpoint = serverFromString(self.reactor, self.description)
+            endpoint = serverFromString(self.reactor, with_backlog(self.description))
         outcome = []
         endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome or not hasattr(outcome[0], "getHost"):

@@ -39,6 +39,10 @@ WORKER = "ORIGDST_WORKER"
 # Set in a worker's environment: the descriptor it answers stats requests on.
 STATS_FD = "ORIGDST_STATS_FD"
 
+# The listen backlog of the proxy's port when its description sets none
+# (also for a single process: L{origdst.tap.with_backlog}).
+BACKLOG = 1024
+
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
 
@@ -93,7 +97,7 @@ class ReusePortEndpoint:
     C{tcp6:} one accepts IPv4 too, as Twisted's does.
     """
 
-    def __init__(self, reactor, family, interface, port, backlog=1024):
+    def __init__(self, reactor, family, interface, port, backlog=BACKLOG):
         self.reactor = reactor
         self.family = family
         self.interface = interface

@@ -91,14 +91,15 @@ class CeilingTests(testbed.TopologyTestCase):
         topology.start_backend(80)
         topology.add_redirect(testbed.SERVER_V4, 80, IDLE_PROXY)
         topology.add_redirect(NETWORK, 80, HOSTS_PROXY)
-        # backlog: the clients open connections faster than Twisted's default of 50 absorbs.
+        # The clients open connections faster than Twisted's default backlog of 50
+        # absorbs: these ports rely on origdst's default of 1024.
         cls.idle_proxy = topology.start_proxy([
-            "--port", "tcp6:%d:backlog=1024" % IDLE_PROXY,
+            "--port", "tcp6:%d" % IDLE_PROXY,
             "--admin", "tcp:%d:interface=127.0.0.1" % IDLE_ADMIN,
             "--cleanup-interval", str(IDLE_SWEEP)], IDLE_PROXY, name="idle")
         # The pooled connections stay until the sweep removes their host.
         cls.hosts_proxy = topology.start_proxy([
-            "--port", "tcp6:%d:backlog=1024" % HOSTS_PROXY,
+            "--port", "tcp6:%d" % HOSTS_PROXY,
             "--admin", "tcp:%d:interface=127.0.0.1" % HOSTS_ADMIN,
             "--cleanup-interval", str(HOSTS_SWEEP),
             "--upstream-idle-timeout", "60"], HOSTS_PROXY, name="hosts")

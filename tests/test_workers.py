@@ -113,6 +113,24 @@ class ParseTests(unittest.TestCase):
         failure = self.failureResultOf(endpoint.listen(ServerFactory()), CannotListenError)
         self.assertIn("127.0.0.1:%d" % port, failure.getErrorMessage())
 
+    def test_backlog(self):
+        """
+        The proxy's port listens with a backlog of L{workers.BACKLOG} unless
+        its description names one; other kinds of endpoint are left alone.
+        """
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import ServerFactory
+        from twisted.internet.testing import MemoryReactor
+
+        self.assertEqual(tap.with_backlog("tcp:4999"), "tcp:4999:backlog=1024")
+        self.assertEqual(tap.with_backlog("tcp6:4999:interface=\\:\\:1"), "tcp6:4999:interface=\\:\\:1:backlog=1024")
+        for description in ("tcp:4999:backlog=10", "TCP:4999:Backlog=10", "systemd:domain=INET6:index=0", "unix:/run/x"):
+            self.assertEqual(tap.with_backlog(description), description)
+        reactor = MemoryReactor()
+        serverFromString(reactor, tap.with_backlog("tcp6:4999:interface=\\:\\:1")).listen(ServerFactory())
+        [(port, _, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, backlog, interface), (4999, 1024, "::1"))
+
     def test_listener_service_stops_twistd(self):
         """
         The proxy's listener, given a shared endpoint that cannot bind, stops
