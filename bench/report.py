@@ -58,7 +58,7 @@ ROWS = [
     ("other work, cores (close)", "close", "other_cpu_util", "{:.2f}", None),
     ("other work, cores (TLS)", "tls", "other_cpu_util", "{:.2f}", None),
     ("errors (wrk+loadgen)", None, "errors", "{:,}", None),
-    ("TLS connections failed", "tls", "errors", "{:,}", None),
+    ("TLS connections failed", "tls", "errors", "{:,.0f}", None),
 ]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
