@@ -4,7 +4,9 @@ make bench: origdst against no proxy and against Envoy, in the tutorial's topolo
 Builds the two throwaway namespaces of L{testbed} (C: client and proxy, with an
 iptables REDIRECT rule and owner match; S: the backend), runs nginx in S (one
 worker, a 13-byte body at / and a 256 MiB file at /big.bin, on port 80 and, for
-the direct runs, on the unredirected port 8080), and measures, in rounds (each
+the direct runs, on the unredirected port 8080; the body over TLS on 443 and
+8443, with a throwaway CA's certificate) and bench/tcpsource.py (the 256 MiB
+file as a raw stream on 9000 and 9001), and measures, in rounds (each
 runs every target once, one after the other, the order rotated; medians and
 the min-max spread over the rounds are reported):
 
@@ -28,6 +30,13 @@ Phases (each bounded in time; the client runs in C as uid 65534):
     bulk       curl downloads of the 256 MiB file: MB/s, the proxy's peak RSS
     idle       5,000 client connections held open after one request each:
                the proxy's RSS growth per connection
+    tcp        the 256 MiB stream, not HTTP, through the TCP relay (origdst with
+               the port in --tcp-ports; Envoy's tcp_proxy): MB/s, the proxy's
+               RSS growth and CPU seconds per GiB
+    tls        new connections for 10 s from 16 client threads, each a full TLS
+               handshake (no resumption) and one request, through TLS
+               detection and SNI passthrough (Envoy: tls_inspector and
+               tcp_proxy): connections/s, p50/p99, proxy CPU per connection
 
 The proxy's CPU time is utime+stime from /proc/PID/stat, its memory VmRSS and
 VmHWM from /proc/PID/status (summed over the process and its children).

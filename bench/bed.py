@@ -5,13 +5,24 @@ starts (each stopped by its process group), the REDIRECT rule, and the client's 
 
 import os
 import shutil
+import sys
 import time
 
 import testbed
 from testbed.process import tail
 
 from bench import launchers
-from bench.common import CLIENT_UID, HERE, REDIRECTED_PORT, SERVER, BenchError, live, log
+from bench.common import (
+    CLIENT_UID,
+    HERE,
+    REDIRECTED_PORT,
+    SERVER,
+    TCP_PORT,
+    TLS_PORT,
+    BenchError,
+    live,
+    log,
+)
 
 
 class Bench:
@@ -20,6 +31,8 @@ class Bench:
     @ivar topo: the L{testbed.Topology} (namespaces C and S).
     @ivar work: a world-readable work directory (logs, configuration, the client's scripts).
     @ivar nginx: the backend's L{testbed.ManagedProcess}.
+    @ivar tcpsource: the TCP relay phase's backend (bench/tcpsource.py), when that phase runs.
+    @ivar tls_ca: the throwaway CA of nginx's TLS certificate.
     @ivar client_cpus: the CPUs the client is pinned to while profiling, or L{None}.
     """
 
@@ -28,6 +41,9 @@ class Bench:
         self.topo = None
         self.work = None
         self.nginx = None
+        self.tcpsource = None
+        self.tls_ca = None
+        self.server_python = sys.executable
         self.rule_port = None
         self.client_cpus = None
 
@@ -47,6 +63,8 @@ class Bench:
                        check=False)
         self.topo.exec(c, ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"], check=False)
         self.nginx = launchers.start_nginx(self)
+        if "tcp" in self.args.phases:
+            self.tcpsource = launchers.start_tcpsource(self)
 
     def spawn(self, name, argv, port, ns, env=None, timeout=30, wait_time_wait=False):
         """
@@ -97,11 +115,12 @@ class Bench:
 
     def redirect_to(self, port):
         """
-        Send the client's connections to SERVER:80 to C{port} (and nothing else).
+        Send the client's connections to SERVER:80 (HTTP), SERVER:9000 (the
+        TCP relay phase) and SERVER:443 (TLS) to C{port}, and nothing else.
         """
         c = self.topo.client
         self.topo.exec(c, ["iptables", "-w", "5", "-t", "nat", "-F", "OUTPUT"])
-        self.topo.add_redirect(SERVER, [REDIRECTED_PORT], port)
+        self.topo.add_redirect(SERVER, [REDIRECTED_PORT, TCP_PORT, TLS_PORT], port)
         self.rule_port = port
 
     def stop(self):

@@ -15,6 +15,11 @@ FIGURES = [
     ("keepalive.p99_ms", "p99 at saturation", "lower"),
     ("rate.p99_ms", "p99 at a fixed rate", "lower"),
     ("bulk.mb_per_s", "256 MiB download MB/s", "higher"),
+    ("tcp.mb_per_s", "TCP relay MB/s", "higher"),
+    ("tcp.proxy_cpu_s_per_gib", "TCP relay CPU per GiB", "lower"),
+    ("tls.conns_per_s", "TLS passthrough conn/s", "higher"),
+    ("tls.p99_ms", "TLS connection p99", "lower"),
+    ("tls.proxy_cpu_us_per_conn", "CPU per TLS connection", "lower"),
 ]
 
 COLOURS = ["#4878a8", "#e08a30", "#58a058", "#c04848", "#8c6cb8", "#888888"]

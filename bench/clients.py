@@ -6,7 +6,7 @@ counts and percentiles) and bench/loadgen.py (probe, fixed rate, held connection
 import json
 import os
 
-from bench.common import BODY, SERVER, BenchError, run
+from bench.common import BODY, SERVER, TLS_NAME, BenchError, run
 
 
 def loadgen(bench, argv, timeout):
@@ -92,4 +92,52 @@ def rate_result(r):
         "sched_p99_ms": ms("sched_p99_us"),
         "errors": r["errors"],
         "error_kinds": r["error_kinds"],
+    }
+
+
+def fetch(bench, port, size):
+    """
+    One stream of C{size} bytes from bench/tcpsource.py on SERVER:C{port}, read to its end.
+
+    @return: its seconds (from connecting to the end of the stream).
+    @raise BenchError: if it was not C{size} bytes.
+    """
+    got = loadgen(bench, ["fetch", SERVER, str(port), "-", "--expect-bytes", str(size),
+                          "--max-seconds", "120"], timeout=150)
+    if got["bytes"] != size:
+        raise BenchError("TCP stream from %s:%d: %d bytes, expected %d" % (
+            SERVER, port, got["bytes"], size))
+    return got["seconds"]
+
+
+def tls_connections(bench, port, duration, warmup=0.0):
+    """
+    New connections with full TLS handshakes to SERVER:C{port} for C{duration} seconds
+    (bench/loadgen.py tls).
+    """
+    a = bench.args
+    argv = ["tls", SERVER, str(port), "/", "--ca-file", bench.tls_ca, "--server-name", TLS_NAME,
+            "--duration", str(duration), "--warmup", str(warmup),
+            "--connections", str(a.tls_connections), "--max-conns", str(a.tls_max_conns)]
+    return tls_result(loadgen(bench, argv, timeout=warmup + duration + 60))
+
+
+def tls_result(r):
+    """
+    loadgen's TLS report in the units of the others (ms).
+    """
+    def ms(key):
+        return r[key] / 1000.0 if r.get(key) is not None else None
+
+    return {
+        "conns_per_s": r["conns_per_s"],
+        "connections": r["connections"],
+        "seconds": r["seconds"],
+        "p50_ms": ms("p50_us"),
+        "p90_ms": ms("p90_us"),
+        "p99_ms": ms("p99_us"),
+        "max_ms": ms("max_us"),
+        "errors": r["errors"],
+        "error_kinds": r["error_kinds"],
+        "client_threads": r["workers"],
     }

@@ -19,13 +19,21 @@ REDIRECTED_PORT = 80
 DIRECT_PORT = 8080
 ORIGDST_PORT = 15001
 ENVOY_PORT = 15002
+#: The TCP relay phase's raw byte source in S (bench/tcpsource.py): redirected, and direct.
+TCP_PORT = 9000
+TCP_DIRECT_PORT = 9001
+#: The TLS phase's nginx server in S: redirected, and direct.
+TLS_PORT = 443
+TLS_DIRECT_PORT = 8443
+#: The server name the TLS clients send and verify (the throwaway certificate's).
+TLS_NAME = "bench.origdst.test"
 BODY = b"hello, world\n"  # 13 bytes, as in the reference runs
 BIG_NAME = "big.bin"
 CLIENT_UID = testbed.CLIENT_UID
 LOCK_PATH = "/tmp/origdst-bench.lock"
 PYPY_VENV = os.path.join(HERE, ".venv-pypy")
 
-ALL_PHASES = ("keepalive", "close", "rate", "bulk", "idle")
+ALL_PHASES = ("keepalive", "close", "rate", "bulk", "idle", "tcp", "tls")
 
 #: Every process this run started and has not stopped yet, for the cleanup
 #: paths (finally, atexit, SIGTERM/SIGHUP).

@@ -3,8 +3,9 @@ The command lines and configuration files of what the benchmark runs: origdst (u
 PyPy, or from a baseline checkout), Envoy, and nginx as the backend.
 
 The configuration files are L{string.Template}s in bench/templates/: C{nginx.conf} takes
-C{$work}, C{$redirected}, C{$direct}, C{$big} and C{$body}; C{envoy.yaml} takes C{$port}
-(C{$$} stands for one dollar sign).
+C{$work}, C{$redirected}, C{$direct}, C{$big}, C{$body}, C{$tls_redirected}, C{$tls_direct},
+C{$cert} and C{$key}; C{envoy.yaml} (HTTP), C{envoy-tcp.yaml} (the TCP relay phase) and
+C{envoy-tls.yaml} (TLS passthrough) take C{$port} (C{$$} stands for one dollar sign).
 """
 
 import os
@@ -22,9 +23,19 @@ from bench.common import (
     HERE,
     ORIGDST_PORT,
     REDIRECTED_PORT,
+    TCP_DIRECT_PORT,
+    TCP_PORT,
     TEMPLATES,
+    TLS_DIRECT_PORT,
+    TLS_NAME,
+    TLS_PORT,
     live,
+    run,
 )
+
+#: What a proxy is set up to carry: HTTP (most phases), the TCP relay
+#: phase's stream, or TLS passthrough.
+HTTP, TCP, TLS = "http", "tcp", "tls"
 
 
 def render(template, path, **values):
@@ -43,9 +54,11 @@ class Proxy:
     One proxy process (origdst or Envoy) in namespace C.
     """
 
-    def __init__(self, name, argv, port, expect_server, env=None):
+    def __init__(self, name, argv, port, expect_server, env=None, mode_args=None):
         self.name = name
         self.argv = argv
+        #: Options added for a mode (L{TCP}, L{TLS}), e.g. origdst's --tcp-ports.
+        self.mode_args = mode_args or {}
         self.port = port
         self.expect_server = expect_server
         self.env = env
@@ -53,9 +66,9 @@ class Proxy:
         self.starts = 0
         self.profile_path = None
 
-    def start(self, bench):
+    def start(self, bench, mode=HTTP):
         self.starts += 1
-        argv = self.argv
+        argv = list(self.argv) + list(self.mode_args.get(mode, ()))
         if any("{profile_path}" in a for a in argv):
             self.profile_path = os.path.join(bench.work, "cpuprofile-%s.raw" % self.name)
             argv = [a.replace("{profile_path}", self.profile_path) for a in argv]
@@ -140,7 +153,10 @@ def origdst(name, interpreter, source, env, more=(), extra=(), profile=False, va
         env.update(ENV_VARIANTS.get(v, {}))
     argv = ["env", "-C", source, interpreter, "-c", code, "-n", "--pidfile=", "--logfile=-",
             "origdst", "--port", "tcp:%d" % ORIGDST_PORT] + list(more) + list(extra)
-    return Proxy(name, argv, ORIGDST_PORT, "origdst", env=env)
+    # The TCP phase's port takes the relay, as a user lists a non-HTTP
+    # port; TLS is found by detection, as on a port of its own.
+    return Proxy(name, argv, ORIGDST_PORT, "origdst", env=env,
+                 mode_args={TCP: ["--tcp-ports", str(TCP_PORT)]})
 
 
 class EnvoyProxy(Proxy):
@@ -160,14 +176,19 @@ class EnvoyProxy(Proxy):
         self.binary = binary
         self.workers = workers
 
-    def start(self, bench):
+    #: The configuration of each mode: HTTP's connection manager, or
+    #: tcp_proxy (with tls_inspector for TLS).
+    TEMPLATES = {HTTP: "envoy.yaml", TCP: "envoy-tcp.yaml", TLS: "envoy-tls.yaml"}
+
+    def start(self, bench, mode=HTTP):
         self.port = ENVOY_PORT + EnvoyProxy.started
         EnvoyProxy.started += 1
-        conf = render("envoy.yaml", os.path.join(bench.work, "envoy-%d.yaml" % self.port),
-                      port=self.port)
+        template = self.TEMPLATES[mode]
+        conf = render(template, os.path.join(bench.work, "%s-%d.yaml" % (
+            os.path.splitext(template)[0], self.port)), port=self.port)
         self.argv = [self.binary, "-c", conf, "--concurrency", str(self.workers),
                      "--disable-hot-restart", "--log-level", "warn"]
-        return Proxy.start(self, bench)
+        return Proxy.start(self, bench, mode)
 
 
 def envoy(name, binary, workers):
@@ -194,12 +215,57 @@ def start_nginx(bench):
     with open(big, "rb") as f:
         while f.read(8 * 1024 * 1024):
             pass
+    cert, key = make_tls_files(bench)
     conf = render("nginx.conf", os.path.join(bench.work, "nginx.conf"), work=bench.work,
                   redirected=REDIRECTED_PORT, direct=DIRECT_PORT, big=BIG_NAME,
-                  body=BODY.decode().replace("\n", "\\n"))
+                  body=BODY.decode().replace("\n", "\\n"), tls_redirected=TLS_PORT,
+                  tls_direct=TLS_DIRECT_PORT, cert=cert, key=key)
     proc = bench.spawn("nginx", ["nginx", "-e", os.path.join(bench.work, "nginx-error.log"),
                                  "-p", bench.work + "/", "-c", conf],
                        DIRECT_PORT, ns=bench.topo.server)
-    testbed.wait_for(lambda: bench.topo.listening(bench.topo.server, REDIRECTED_PORT), 10,
-                     what="nginx on port %d" % REDIRECTED_PORT)
+    for port in (REDIRECTED_PORT, TLS_PORT, TLS_DIRECT_PORT):
+        testbed.wait_for(lambda: bench.topo.listening(bench.topo.server, port), 10,
+                         what="nginx on port %d" % port)
     return proc
+
+
+def make_tls_files(bench):
+    """
+    A throwaway CA and a certificate for L{TLS_NAME} that it signed (ECDSA
+    P-256, as most servers now use), made with the openssl command in the
+    work directory; C{bench.tls_ca} is the CA the TLS clients verify with.
+
+    @return: the paths of the server's certificate and key.
+    """
+    d = os.path.join(bench.work, "tls")
+    os.mkdir(d)
+    os.chmod(d, 0o755)
+    ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    cert, key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
+    csr, ext = os.path.join(d, "server.csr"), os.path.join(d, "server.ext")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run(["openssl", "req", "-x509"] + ec + [
+        "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=origdst bench CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run(["openssl", "req"] + ec + ["-keyout", key, "-out", csr, "-subj", "/CN=" + TLS_NAME])
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n" % TLS_NAME)
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+         "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext])
+    os.chmod(ca, 0o644)
+    bench.tls_ca = ca
+    return cert, key
+
+
+def start_tcpsource(bench):
+    """
+    bench/tcpsource.py in S: the big file as a stream that is not HTTP, on
+    the redirected and the direct TCP port.
+    """
+    big = os.path.join(bench.work, "www", BIG_NAME)
+    return bench.spawn("tcpsource", [bench.server_python, os.path.join(HERE, "tcpsource.py"),
+                                     big, str(TCP_PORT), str(TCP_DIRECT_PORT)],
+                       TCP_PORT, ns=bench.topo.server)

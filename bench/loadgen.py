@@ -13,12 +13,25 @@ user can run will do; every mode is bounded in count and in time.
         opens N connections, sends one request on each, reads the response
         and keeps the connections open; prints a JSON line once they are all
         open, then holds them until stdin closes or --max-hold passes.
+    loadgen.py fetch HOST PORT - --expect-bytes N
+        one connection that sends nothing and reads to the end of the stream
+        (the TCP relay phase: a stream that is not HTTP); prints its bytes
+        and seconds.
+    loadgen.py tls HOST PORT PATH --ca-file F --server-name NAME --duration S
+        [--connections N] [--max-conns M] [--warmup S]
+        new connections from N threads, each a full TLS handshake (the
+        certificate verified with F for NAME) and one GET with Connection:
+        close, for S seconds or M connections; prints connections/s and
+        latency percentiles.
 """
 
 import argparse
 import asyncio
 import json
+import socket
+import ssl
 import sys
+import threading
 import time
 
 
@@ -204,9 +217,125 @@ async def hold(args):
     return None
 
 
+def fetch(args):
+    """
+    Read one stream to its end: the client side of the TCP relay phase.
+    """
+    buf = bytearray(1024 * 1024)
+    view = memoryview(buf)
+    limit = args.expect_bytes + len(buf)
+    started = time.perf_counter()
+    sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
+    try:
+        connected = time.perf_counter()
+        deadline = started + args.max_seconds
+        total = 0
+        while total <= limit:
+            if time.perf_counter() > deadline:
+                raise SystemExit("fetch: %d bytes after %ss" % (total, args.max_seconds))
+            n = sock.recv_into(view)
+            if not n:
+                break
+            total += n
+        done = time.perf_counter()
+    finally:
+        sock.close()
+    return {"bytes": total, "seconds": round(done - started, 6),
+            "connect_ms": round((connected - started) * 1000, 3)}
+
+
+def connection_summary(latencies, errors, seconds, workers):
+    """
+    The figures of a run of new connections.
+
+    @param latencies: seconds from connect to the end of each counted
+        connection that succeeded.
+    @param errors: a name per connection that failed.
+    @param seconds: how long the counted part of the run took.
+    """
+    latencies = sorted(latencies)
+
+    def us(value):
+        return None if value is None else round(value * 1e6, 1)
+
+    return {
+        "connections": len(latencies),
+        "conns_per_s": round(len(latencies) / seconds, 1) if seconds > 0 else None,
+        "seconds": round(seconds, 3),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:5],
+        "p50_us": us(percentile(latencies, 50)),
+        "p90_us": us(percentile(latencies, 90)),
+        "p99_us": us(percentile(latencies, 99)),
+        "max_us": us(latencies[-1] if latencies else None),
+        "workers": workers,
+    }
+
+
+def tls(args):
+    """
+    Full TLS handshakes on new connections, from threads with blocking
+    sockets (the handshake runs in OpenSSL without the GIL), bounded by
+    --duration (after --warmup) and by --max-conns counted connections.
+    No session is resumed: each connection starts a fresh one.
+    """
+    context = ssl.create_default_context(cafile=args.ca_file)
+    request = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: origdst-bench\r\n"
+               "Connection: close\r\n\r\n" % (args.path, args.server_name)).encode("ascii")
+    start = time.perf_counter()
+    counted_from = start + args.warmup
+    deadline = counted_from + args.duration
+    lock = threading.Lock()
+    latencies, errors = [], []
+
+    def one():
+        t0 = time.perf_counter()
+        raw = socket.create_connection((args.host, args.port), timeout=args.timeout)
+        try:
+            with context.wrap_socket(raw, server_hostname=args.server_name) as sock:
+                sock.sendall(request)
+                got = []
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    got.append(chunk)
+        finally:
+            raw.close()
+        head = b"".join(got)[:12]
+        if head != b"HTTP/1.1 200":
+            raise ValueError("status %r" % head)
+        return t0, time.perf_counter()
+
+    def worker():
+        while True:
+            now = time.perf_counter()
+            with lock:
+                if now >= deadline or len(latencies) + len(errors) >= args.max_conns:
+                    return
+            try:
+                t0, t1 = one()
+            except (OSError, ValueError) as e:
+                if time.perf_counter() >= counted_from:
+                    with lock:
+                        errors.append(type(e).__name__)
+                continue
+            if t0 >= counted_from and t1 <= deadline:
+                with lock:
+                    latencies.append(t1 - t0)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.1, deadline + args.timeout * 2 - time.perf_counter()))
+    ended = min(time.perf_counter(), deadline)
+    return connection_summary(latencies, errors, ended - counted_from, args.connections)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("probe", "rate", "hold"))
+    parser.add_argument("mode", choices=("probe", "rate", "hold", "fetch", "tls"))
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("path")
@@ -221,8 +350,19 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--parallel", type=int, default=50)
     parser.add_argument("--max-hold", type=float, default=120.0)
+    parser.add_argument("--expect-bytes", type=int, default=256 * 1024 * 1024,
+                        help="fetch: reading stops a buffer beyond this")
+    parser.add_argument("--max-seconds", type=float, default=120.0,
+                        help="fetch: the longest a stream may take")
+    parser.add_argument("--ca-file", help="tls: the CA that signed the server's certificate")
+    parser.add_argument("--server-name", help="tls: the SNI sent and verified")
+    parser.add_argument("--max-conns", type=int, default=100000,
+                        help="tls: the most connections counted")
     args = parser.parse_args(argv)
-    result = asyncio.run({"probe": probe, "rate": rate, "hold": hold}[args.mode](args))
+    if args.mode in ("fetch", "tls"):
+        result = {"fetch": fetch, "tls": tls}[args.mode](args)
+    else:
+        result = asyncio.run({"probe": probe, "rate": rate, "hold": hold}[args.mode](args))
     if result is not None:
         sys.stdout.write(json.dumps(result) + "\n")
 

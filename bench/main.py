@@ -46,8 +46,16 @@ def parse_args(argv):
     p.add_argument("--connections", type=int, default=50, help="wrk connections")
     p.add_argument("--rate", type=float, default=500, help="fixed-rate phase req/s")
     p.add_argument("--rate-duration", type=float, default=10)
-    p.add_argument("--bulk-mib", type=int, default=256)
-    p.add_argument("--bulk-reps", type=int, default=3, help="downloads; the median is reported")
+    p.add_argument("--bulk-mib", type=int, default=256,
+                   help="MiB of the bulk download and of the TCP relay phase's stream")
+    p.add_argument("--bulk-reps", type=int, default=3,
+                   help="downloads, and TCP streams; the median is reported")
+    p.add_argument("--tls-duration", type=float, default=10,
+                   help="seconds of new TLS connections (after the warm-up)")
+    p.add_argument("--tls-connections", type=int, default=16,
+                   help="TLS client threads, each one connection at a time")
+    p.add_argument("--tls-max-conns", type=int, default=200000,
+                   help="the most TLS connections counted in a run")
     p.add_argument("--idle-conns", type=int, default=5000)
     p.add_argument("--out", default=os.path.join(REPO, "bench-results.json"),
                    help="JSON results file")
@@ -77,7 +85,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.quick:
         defaults = {"rounds": 1, "duration": 2, "close_duration": 2, "warmup": 1, "rate_duration": 2,
-                    "bulk_reps": 1, "idle_conns": 1000, "pypy_warmup": 4}
+                    "bulk_reps": 1, "tls_duration": 2, "idle_conns": 1000, "pypy_warmup": 4}
         for key, quick in defaults.items():
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, quick)

@@ -13,7 +13,21 @@ import subprocess
 import time
 
 from bench import clients, procfs, profiling
-from bench.common import BIG_NAME, DIRECT_PORT, REDIRECTED_PORT, SERVER, BenchError, log, num, run
+from bench.common import (
+    BIG_NAME,
+    DIRECT_PORT,
+    REDIRECTED_PORT,
+    SERVER,
+    TCP_DIRECT_PORT,
+    TCP_PORT,
+    TLS_DIRECT_PORT,
+    TLS_PORT,
+    BenchError,
+    log,
+    num,
+    run,
+)
+from bench.launchers import HTTP, TCP, TLS
 
 
 def with_cpu(bench, proxy, fn):
@@ -50,7 +64,9 @@ def _our_cpu(bench, proxy):
     """
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = children.ru_utime + children.ru_stime
-    total += procfs.cpu_seconds(procfs.process_tree(bench.nginx.popen.pid))
+    for backend in (bench.nginx, bench.tcpsource):
+        if backend is not None:
+            total += procfs.cpu_seconds(procfs.process_tree(backend.popen.pid))
     if proxy:
         total += proxy.cpu()
     self_usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -86,42 +102,98 @@ def bulk(bench, port, proxy):
     log("  bulk: 1 + %d x GET of %d MiB with curl" % (a.bulk_reps, a.bulk_mib))
     url = "http://%s%s/%s" % (SERVER, "" if port == 80 else ":%d" % port, BIG_NAME)
     size = a.bulk_mib * 1024 * 1024
+
+    def download():
+        proc = run(bench.as_client(
+            ["curl", "-sS", "-o", "/dev/null", "--max-time", "120",
+             "-w", "%{http_code} %{size_download} %{time_total}", url]),
+            timeout=150, check=False)
+        parts = proc.stdout.split()
+        if proc.returncode != 0 or len(parts) != 3 or parts[0] != "200" or \
+                int(parts[1]) != size:
+            raise BenchError("bulk download failed (%d): %s %s" % (
+                proc.returncode, proc.stdout, proc.stderr.strip()))
+        return float(parts[2])
+
+    return transfers(proxy, a.bulk_reps, size, download)
+
+
+def transfers(proxy, reps, size, transfer):
+    """
+    C{transfer} (one transfer of C{size} bytes; it returns its seconds)
+    once unmeasured, then C{reps} times: the median MB/s, and the proxy's
+    peak RSS over them (sampled, and its high-water mark) against its RSS
+    before.
+    """
     base_rss = proxy.rss_kib() if proxy else None
     speeds, peaks = [], []
-    # One unmeasured download first: the backend's and the proxy's first
+    # One unmeasured transfer first: the backend's and the proxy's first
     # large transfer is slower than the others.
-    for rep in range(a.bulk_reps + 1):
+    for rep in range(reps + 1):
         sampler = None
         if proxy:
             procfs.reset_peak(proxy.pids())
             sampler = procfs.RssSampler(proxy)
             sampler.start()
         try:
-            proc = run(bench.as_client(
-                ["curl", "-sS", "-o", "/dev/null", "--max-time", "120",
-                 "-w", "%{http_code} %{size_download} %{time_total}", url]),
-                timeout=150, check=False)
+            seconds = transfer()
         finally:
             if sampler:
                 sampler.stop()
-        parts = proc.stdout.split()
-        if proc.returncode != 0 or len(parts) != 3 or parts[0] != "200" or \
-                int(parts[1]) != size:
-            raise BenchError("bulk download failed (%d): %s %s" % (
-                proc.returncode, proc.stdout, proc.stderr.strip()))
         if rep == 0:
             continue
-        speeds.append(size / float(parts[2]) / 1e6)
+        speeds.append(size / seconds / 1e6)
         if proxy:
             peaks.append(max(proxy.hwm_kib(), sampler.peak))
     result = {"mb_per_s": round(statistics.median(speeds), 1),
-              "mb_per_s_all": [round(s, 1) for s in speeds], "mib": a.bulk_mib}
+              "mb_per_s_all": [round(s, 1) for s in speeds], "mib": size // (1024 * 1024)}
     if proxy:
         result.update({
             "rss_before_mib": round(base_rss / 1024, 1),
             "peak_rss_mib": round(max(peaks) / 1024, 1),
             "rss_growth_mib": round((max(peaks) - base_rss) / 1024, 1),
         })
+    return result
+
+
+def tcp(bench, port, proxy):
+    """
+    The TCP relay: the big file as a stream that is not HTTP (bench/tcpsource.py), through
+    origdst's relay (its port in --tcp-ports) or Envoy's tcp_proxy, read to its end.
+    """
+    a = bench.args
+    port = TCP_PORT if proxy else TCP_DIRECT_PORT
+    size = a.bulk_mib * 1024 * 1024
+    log("  TCP relay: 1 + %d x a %d MiB stream from %s:%d" % (a.bulk_reps, a.bulk_mib, SERVER,
+                                                             port))
+
+    def measured():
+        result = transfers(proxy, a.bulk_reps, size, lambda: clients.fetch(bench, port, size))
+        result["streams"] = a.bulk_reps
+        return result
+
+    result = with_cpu(bench, proxy, measured)
+    if proxy and result.get("proxy_cpu_s") is not None:
+        # Over the unmeasured stream too: all that was relayed.
+        moved = (a.bulk_reps + 1) * size / float(1 << 30)
+        result["proxy_cpu_s_per_gib"] = round(result["proxy_cpu_s"] / moved, 3)
+    return result
+
+
+def tls(bench, port, proxy):
+    """
+    TLS passthrough: new connections, each a full handshake with nginx (certificate verified
+    through the proxy) and one request, through origdst's detection and SNI passthrough or
+    Envoy's tls_inspector and tcp_proxy.
+    """
+    a = bench.args
+    port = TLS_PORT if proxy else TLS_DIRECT_PORT
+    log("  TLS passthrough: new connections from %d threads for %ss (bench/loadgen.py tls)" % (
+        a.tls_connections, num(a.tls_duration)))
+    result = with_cpu(bench, proxy, lambda: clients.tls_connections(bench, port, a.tls_duration))
+    if proxy and result.get("connections"):
+        result["proxy_cpu_us_per_conn"] = round(
+            result["proxy_cpu_s"] / result["connections"] * 1e6, 1)
     return result
 
 
@@ -169,7 +241,12 @@ def idle(bench, port, proxy):
     }
 
 
-PHASES = {"keepalive": keepalive, "close": close, "rate": rate, "bulk": bulk, "idle": idle}
+PHASES = {"keepalive": keepalive, "close": close, "rate": rate, "bulk": bulk, "idle": idle,
+          "tcp": tcp, "tls": tls}
+
+#: The phases that each get a fresh proxy process (so that its RSS growth
+#: is their own), and what it is set up to carry.
+FRESH_PROCESS = (("bulk", HTTP), ("idle", HTTP), ("tcp", TCP), ("tls", TLS))
 
 
 def run_direct(bench, phases):
@@ -202,8 +279,11 @@ def _maybe_profile(bench, proxy, phase, out):
 
 def run_proxy(bench, proxy, phases, warmup):
     """
-    Three fresh processes: one for the request phases, one for the bulk
-    download (so its RSS growth is its own), one for the idle connections.
+    Fresh processes: one for the request phases, one for each phase of
+    L{FRESH_PROCESS} (the bulk download, the idle connections, the TCP
+    relay, TLS passthrough).  The TCP and TLS proxies carry no HTTP to
+    probe: the phases check every byte (the stream's length; the
+    certificate verified through the proxy).
     """
     log("target %s: %s" % (proxy.name, " ".join(proxy.argv[-8:])))
     out = {}
@@ -220,10 +300,13 @@ def run_proxy(bench, proxy, phases, warmup):
                 _maybe_profile(bench, proxy, phase, out)
             out["rss_after_requests_mib"] = round(proxy.rss_kib() / 1024, 1)
             proxy.stop()
-        for phase in ("bulk", "idle"):
+        for phase, mode in FRESH_PROCESS:
             if phase in phases:
-                proxy.start(bench)
-                clients.probe(bench, REDIRECTED_PORT, proxy.expect_server)
+                proxy.start(bench, mode)
+                if mode == HTTP:
+                    clients.probe(bench, REDIRECTED_PORT, proxy.expect_server)
+                elif mode == TLS and warmup:
+                    clients.tls_connections(bench, TLS_PORT, warmup)
                 out[phase] = PHASES[phase](bench, REDIRECTED_PORT, proxy)
                 _maybe_profile(bench, proxy, phase, out)
                 proxy.stop()

@@ -43,12 +43,22 @@ ROWS = [
     ("bulk: RSS before MiB", "bulk", "rss_before_mib", "{:.1f}", None),
     ("bulk: peak RSS MiB", "bulk", "peak_rss_mib", "{:.1f}", "low"),
     ("bulk: RSS growth MiB", "bulk", "rss_growth_mib", "{:.1f}", "low"),
+    ("TCP relay MB/s (%d MiB)", "tcp", "mb_per_s", "{:,.0f}", "high"),
+    ("TCP relay: RSS before MiB", "tcp", "rss_before_mib", "{:.1f}", None),
+    ("TCP relay: RSS growth MiB", "tcp", "rss_growth_mib", "{:.1f}", "low"),
+    ("TCP relay: proxy CPU s/GiB", "tcp", "proxy_cpu_s_per_gib", "{:.2f}", "low"),
+    ("TLS passthrough conn/s", "tls", "conns_per_s", "{:,.0f}", "high"),
+    ("TLS p50 ms", "tls", "p50_ms", "{:.2f}", "low"),
+    ("TLS p99 ms", "tls", "p99_ms", "{:.2f}", "low"),
+    ("proxy CPU us/conn (TLS)", "tls", "proxy_cpu_us_per_conn", "{:.0f}", "low"),
     ("idle: KiB per connection", "idle", "kib_per_conn", "{:.1f}", "low"),
     ("idle: connections held", "idle", "connections", "{:,}", None),
     ("idle: RSS with them MiB", "idle", "rss_held_mib", "{:.1f}", None),
     ("other work, cores (keep-alive)", "keepalive", "other_cpu_util", "{:.2f}", None),
     ("other work, cores (close)", "close", "other_cpu_util", "{:.2f}", None),
+    ("other work, cores (TLS)", "tls", "other_cpu_util", "{:.2f}", None),
     ("errors (wrk+loadgen)", None, "errors", "{:,}", None),
+    ("TLS connections failed", "tls", "errors", "{:,.0f}", None),
 ]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
@@ -60,7 +70,7 @@ def value(results, target, phase, key):
         return t.get(key)
     if phase is None:
         total = 0
-        for ph in ("keepalive", "close", "rate", "idle"):
+        for ph in ("keepalive", "close", "rate", "idle", "tls"):
             total += (t.get(ph) or {}).get("errors", 0) or 0
         return total if t and "error" not in t else None
     return (t.get(phase) or {}).get(key)
@@ -359,6 +369,9 @@ def meta(args, envoy, pypy):
         "wrk": out(["wrk", "--version"]),
         "load_generators": {"keepalive/close": "wrk -t1", "rate": "bench/loadgen.py (asyncio, "
                             "open loop, 8 keep-alive connections)", "bulk": "curl",
-                            "idle": "bench/loadgen.py hold"},
+                            "idle": "bench/loadgen.py hold",
+                            "tcp": "bench/loadgen.py fetch (from bench/tcpsource.py)",
+                            "tls": "bench/loadgen.py tls (threads, blocking ssl sockets, "
+                                   "a full handshake per connection)"},
         "args": vars(args),
     }
