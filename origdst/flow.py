@@ -87,6 +87,23 @@ def read_size(transport, bulk):
     transport.bufferSize = BULK_READ if bulk else SMALL_READ
 
 
+def follow_reads(transport, n):
+    """
+    Size the reads of a stream whose messages origdst does not see (the TCP
+    relay) by the last one, C{n} bytes: a read that filled the buffer means
+    a bulk transfer, read in large pieces from then on; a small one, an
+    interactive exchange, back to Twisted's usual size. A transport without
+    a read size (a test's) is left alone.
+    """
+    size = getattr(transport, "bufferSize", None)
+    if size is None:
+        return
+    if n >= size:
+        transport.bufferSize = BULK_READ
+    elif n < SMALL_READ:
+        transport.bufferSize = SMALL_READ
+
+
 # The attributes of Twisted's TCP transports that write() reads, all but
 # "socket" private; tests/test_flow.py fails when a Twisted release lacks one.
 TRANSPORT_ATTRIBUTES = (

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from origdst import accesslog, fdlimit, replies, sourceports
 from origdst.addresses import endpoint, host_port
-from origdst.flow import Pauser, connect_flow
+from origdst.flow import Pauser, connect_flow, follow_reads, write
 from origdst.logs import debug_enabled, logger
 
 log = logger("origdst.tcp")
@@ -147,7 +147,8 @@ class Relay(Protocol):
         upstream = self.upstream
         if upstream is not None:
             stats.upstream_cx_tx_bytes_total += n
-            upstream.transport.write(data)
+            follow_reads(self.transport, n)
+            write(upstream.transport, data)
         elif not self.closed:
             self.pending.append(data)
 
@@ -209,7 +210,7 @@ class Relay(Protocol):
         stats = self.cluster.stats
         stats.upstream_cx_rx_bytes_total += n
         stats.tcp_tx_bytes += n
-        self.transport.write(data)
+        write(self.transport, data)
 
     def upstream_read_closed(self):
         self.transport.loseWriteConnection()
@@ -280,6 +281,7 @@ class RelayUpstream(Protocol):
         self.relay.upstream_connected(self)
 
     def dataReceived(self, data):
+        follow_reads(self.transport, len(data))
         self.relay.from_upstream(data)
 
     def readConnectionLost(self):

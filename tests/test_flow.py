@@ -111,3 +111,29 @@ class WriteTests(unittest.TestCase):
         transport = StringTransport()
         flow.write(transport, b"hello")
         self.assertEqual(transport.value(), b"hello")
+
+
+class FollowReadsTests(unittest.TestCase):
+    def test_sizes(self):
+        """
+        A read that fills the buffer makes the next ones large; a small one
+        makes them Twisted's usual size again; one in between keeps them.
+        """
+        transport = StringTransport()
+        transport.bufferSize = flow.SMALL_READ
+        flow.follow_reads(transport, 1000)
+        self.assertEqual(transport.bufferSize, flow.SMALL_READ)
+        flow.follow_reads(transport, flow.SMALL_READ)
+        self.assertEqual(transport.bufferSize, flow.BULK_READ)
+        flow.follow_reads(transport, 300 * 1024)
+        self.assertEqual(transport.bufferSize, flow.BULK_READ)
+        flow.follow_reads(transport, 100)
+        self.assertEqual(transport.bufferSize, flow.SMALL_READ)
+
+    def test_no_read_size(self):
+        """
+        A transport without a read size is left as it is.
+        """
+        transport = StringTransport()
+        flow.follow_reads(transport, flow.BULK_READ)
+        self.assertFalse(hasattr(transport, "bufferSize"))
