@@ -37,7 +37,7 @@ log = logger("origdst.nursery")
 VARIABLE = "PYPY_GC_NURSERY"
 
 #: The nursery origdst starts PyPy with (README, Runtimes, for the figures).
-SIZE = "8M"
+SIZE = "4M"
 
 
 def wanted(environ, implementation):
