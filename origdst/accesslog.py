@@ -20,7 +20,8 @@ L{origdst.exchange} check for a L{AccessLog} (or a L{Record}) before doing
 anything for it, and the line is built only when the request ends. A log
 file is opened once, line-buffered (one write per line), and reopened on
 SIGHUP for logrotate. A local reply's flags and details come from its
-L{origdst.replies.Reply}, never from its text.
+L{origdst.replies.Reply}, never from its text. The TCP relay's lines, in
+the shape of Envoy's tcp_proxy, are L{origdst.relaylog}'s.
 
 It imports only L{origdst.logs} and L{origdst.addresses}.
 """
@@ -50,11 +51,8 @@ LATE_TERMINATION = ("UC", "upstream_reset_after_response_started{connection_term
 LATE_PROTOCOL_ERROR = ("UPE", "upstream_reset_after_response_started{protocol_error}")
 LATE_TIMEOUT = ("UT", "response_timeout")
 LATE_IDLE_TIMEOUT = ("SI", "stream_idle_timeout")
-# The ways a relayed TCP connection ends otherwise (origdst.tcp).
-RELAY_CONNECT_FAILED = ("UF", "upstream_connection_failure")
-RELAY_CONNECT_TIMED_OUT = ("UF", "upstream_connection_timeout")
-RELAY_IDLE_TIMEOUT = ("SI", "idle_timeout")
-RELAY_SNI_DENIED = ("-", "sni_policy_denied")
+# The TCP relay's own endings are origdst.relaylog's.
+
 
 class Record:
     """
@@ -213,9 +211,12 @@ class AccessLog:
         out = self.out
         if out is None:
             return
-        self._emit(self._render(record, channel.reactor.seconds(), exchange))
+        self.emit(self._render(record, channel.reactor.seconds(), exchange))
 
-    def _emit(self, line):
+    def emit(self, line):
+        """
+        Write one whole line (the TCP relay's too, L{origdst.relaylog}).
+        """
         self.out.write(line)
         if self._flush:
             self.out.flush()
@@ -257,7 +258,7 @@ class AccessLog:
         start = record.start
         flags, details = record.ending or VIA_UPSTREAM
         return {
-            "start_time": self._time(start),
+            "start_time": self.start_time(start),
             "method": _text(record.method),
             "path": _text(target),
             "protocol": _text(record.protocol),
@@ -281,7 +282,7 @@ class AccessLog:
         """
         @return: the line in Envoy's default format.
         """
-        return _envoy_line(self._values(record, now, exchange))
+        return envoy_line(self._values(record, now, exchange))
 
     def render_json(self, record, now, exchange):
         """
@@ -289,41 +290,7 @@ class AccessLog:
         """
         return json.dumps(self._values(record, now, exchange), separators=(",", ":")) + "\n"
 
-    def relay(self, relay, now):
-        """
-        A relayed TCP connection (L{origdst.tcp.Relay}) ended: one line, as
-        Envoy's tcp_proxy logs it (no method, path or status). A TLS
-        connection's server name takes the authority's place and the ALPN
-        protocols offered the protocol's (JSON: C{requested_server_name},
-        C{alpn}).
-        """
-        if self.out is None:
-            return
-        hello = relay.hello
-        sni = hello.server_name if hello is not None else None
-        alpn = ",".join(hello.alpn) if hello is not None and hello.alpn else None
-        flags, details = relay.ending
-        v = dict.fromkeys(_HTTP_ONLY)
-        v.update(
-            start_time=self._time(relay.started),
-            protocol=alpn,
-            response_code=0,
-            response_flags=flags,
-            bytes_received=relay.received,
-            bytes_sent=relay.sent,
-            duration=max(0, int((now - relay.started) * 1000)),
-            authority=sni,
-            upstream_host=relay.key,
-            response_code_details=details,
-            downstream_remote_address=optional(relay.peer),
-            upstream_request_attempt_count=1,
-            requested_server_name=sni,
-            alpn=list(hello.alpn) if hello is not None else None,
-        )
-        json_line = self.format == "json"
-        self._emit(json.dumps(v, separators=(",", ":")) + "\n" if json_line else _envoy_line(v))
-
-    def _time(self, seconds):
+    def start_time(self, seconds):
         """
         Envoy's START_TIME: UTC, RFC 3339 with milliseconds.
         """
@@ -334,11 +301,7 @@ class AccessLog:
         return "%s.%03dZ" % (self._stamp, int((seconds - whole) * 1000))
 
 
-# The fields a relayed connection has no value for.
-_HTTP_ONLY = ("method", "path", "upstream_service_time", "x_forwarded_for", "user_agent", "request_id")
-
-
-def _envoy_line(v):
+def envoy_line(v):
     """
     The values of L{AccessLog._values} in Envoy's default format.
     """

@@ -4,7 +4,8 @@ The downstream side: HTTP/1.1 requests from redirected clients.
 L{ProxyChannel} reads the requests of one client connection, one at a time
 (pipelined requests wait their turn), asks L{origdst.admission} whether each
 is forwarded, and hands each admitted one to an L{origdst.exchange.Exchange},
-which carries it upstream and streams the response back.
+which carries it upstream and streams the response back. What the proxy
+answers itself goes through L{origdst.localreply}.
 """
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -13,10 +14,11 @@ from zope.interface import implementer
 
 from origdst import accesslog, framing, heads, replies
 from origdst.addresses import describe, socket_ip
-from origdst.admission import Admitted, rejection
-from origdst.exchange import CONNECTING_REASON, RESPONDING, Exchange
+from origdst.admission import Admitted
+from origdst.exchange import CONNECTING_REASON, Exchange
 from origdst.flow import BULK_BODY, Pauser, read_size
 from origdst.interfaces import IClientChannel
+from origdst.localreply import LocalReplies
 from origdst.logs import debug_enabled, logger
 from origdst.tunnel import Tunnel
 
@@ -36,9 +38,9 @@ CLOSED = "CLOSED"
 
 
 @implementer(IHalfCloseableProtocol, IClientChannel)
-class ProxyChannel(Protocol):
+class ProxyChannel(LocalReplies, Protocol):
     """
-    One client connection.
+    One client connection; its local replies are L{origdst.localreply}'s.
 
     Half-closeable, so a client that shuts down its side after a request
     still gets the response, and a tunnel passes the half-close on.
@@ -347,41 +349,6 @@ class ProxyChannel(Protocol):
         if deadline is not None and deadline - now < wait:
             wait = deadline - now
         self.timer = self.reactor.callLater(wait, self._on_timer)
-
-    def reject(self, error):
-        """
-        Answer a request that cannot be handled (a L{framing.BadMessage}),
-        and close: after a framing error nothing on the connection can be
-        trusted.
-        """
-        refused = rejection(error, self.peer)
-        log.info("{tag} {note}", tag=self.tag, note=refused.note)
-        self.local_reply(refused.reply)
-
-    def local_reply(self, reply, extra=b"", method=b"GET"):
-        """
-        Answer the client from the proxy itself with C{reply}, an
-        L{origdst.replies.Reply}, and close.
-        """
-        exchange = self.exchange
-        if exchange is not None and exchange.state is RESPONDING:
-            # Too late for a reply: a response is under way (a request body went
-            # bad while it streamed): cut the connection, as Envoy resets the stream.
-            exchange.log_ending(reply.ending(exchange.retried))
-            self.close()
-            return
-        stats = self.cluster.stats
-        if exchange is None:
-            # A request refused before it became an exchange counts here.
-            stats.downstream_rq_total += 1
-        stats.downstream_rq_xx[reply.status // 100] += 1
-        stats.responded(exchange.started if exchange is not None else None, None, self.reactor.seconds())
-        if reply.status == 508:
-            stats.redirect_loop += 1
-        self.transport.write(reply.render(self.server, extra, True, method == b"HEAD"))
-        if self.access_log is not None:
-            self.access_log.local_reply(self, reply, method)
-        self.close()
 
     def close(self):
         """

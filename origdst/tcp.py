@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
-from origdst import accesslog, fdlimit, replies, sourceports
+from origdst import accesslog, fdlimit, relaylog, replies, sourceports
 from origdst.addresses import endpoint, host_port
 from origdst.flow import Pauser, connect_flow, follow_reads, write
 from origdst.logs import debug_enabled, logger
@@ -28,13 +28,14 @@ log = logger("origdst.tcp")
 
 CONNECTING = "the upstream connection is being made"
 
-# Access log endings (flags, details): the catalogue is origdst.accesslog's,
-# and a relay refused as an HTTP request would be ends with that reply's.
+# Access log endings (flags, details): the catalogue is origdst.accesslog's
+# and origdst.relaylog's, and a relay refused as an HTTP request would be
+# ends with that reply's.
 RELAYED = accesslog.VIA_UPSTREAM
-CONNECT_FAILED = accesslog.RELAY_CONNECT_FAILED
-CONNECT_TIMED_OUT = accesslog.RELAY_CONNECT_TIMED_OUT
-IDLE_TIMEOUT = accesslog.RELAY_IDLE_TIMEOUT
-SNI_DENIED = accesslog.RELAY_SNI_DENIED
+CONNECT_FAILED = relaylog.CONNECT_FAILED
+CONNECT_TIMED_OUT = relaylog.CONNECT_TIMED_OUT
+IDLE_TIMEOUT = relaylog.IDLE_TIMEOUT
+SNI_DENIED = relaylog.SNI_DENIED
 DENIED = (replies.EGRESS_DENIED.flags, replies.EGRESS_DENIED.details)
 LOOP = (replies.REDIRECT_LOOP.flags, replies.REDIRECT_LOOP.details)
 
@@ -260,7 +261,7 @@ class Relay(Protocol):
             host.pool.rx_bytes += self.sent
             host.pool.tx_bytes += self.received
         if self.access_log is not None:
-            self.access_log.relay(self, self.reactor.seconds())
+            relaylog.write(self.access_log, self, self.reactor.seconds())
 
 
 @implementer(IHalfCloseableProtocol)
