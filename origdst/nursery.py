@@ -16,12 +16,14 @@ C{/proc/self/environ}: Twisted removes systemd's C{LISTEN_PID} and
 C{LISTEN_FDS} from C{os.environ} as it reads them), with
 C{PYPY_GC_NURSERY=}L{SIZE}.
 
-Why 8 MiB: in one C{make bench} run (three rounds, ratios to Envoy 1.40
+Why 4 MiB: in one C{make bench} run (three rounds, ratios to Envoy 1.40
 C{--concurrency 1}) PyPy's default 1 MiB, 8 MiB and 16 MiB gave keep-alive
 p99 at saturation 5.3x, 2.0x and 1.6x; keep-alive req/s 1.43x, 1.47x and
-1.39x; C{Connection: close} req/s 0.87x, 1.01x and 0.99x; and during a 256
-MiB download a resident growth of 68, 62 and 92 MiB. 8 MiB keeps most of
-16 MiB's gain in latency, and adds nothing to the download's growth.
+1.39x; C{Connection: close} req/s 0.87x, 1.01x and 0.99x. But 8 MiB raised
+the peak of the suite's slow-reader download (tests/test_fidelity.py, after
+a warm-up) to 49-54 MiB, over its 32 MiB budget, where 4 MiB peaked at 15 MiB
+(1 MiB at 15-21 MiB): 4 MiB is the largest size measured within the memory
+budget (README, Runtimes, for its figures).
 
 A C{PYPY_GC_NURSERY} that is set, to any value, is the user's choice and is
 kept. CPython has no nursery: nothing is done there.
