@@ -6,12 +6,12 @@ iptables REDIRECT rule to origdst and on to servers made by the test
 throwaway CA.
 """
 
-import datetime
 import os
 import sys
 import time
 
 import testbed
+from testbed.certs import Authority
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.join(HERE, "relayclient.py")
@@ -44,57 +44,19 @@ def rss(pid):
 
 def make_certificates(directory):
     """
-    A throwaway CA and a certificate for L{NAME} (and L{DENIED}) signed by
-    it, as PEM files in C{directory}.
+    A throwaway CA (L{testbed.certs.Authority}) and a certificate for
+    L{NAME} (and L{DENIED}) signed by it, as PEM files in C{directory}.
 
     @return: the paths of the CA certificate, the server certificate and
         its key.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def build(subject, issuer, key, signer, ca, names=()):
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
-        if names:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-            )
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = build("origdst test CA", "origdst test CA", ca_key, ca_key, True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = build(NAME, "origdst test CA", key, ca_key, False, (NAME, DENIED))
-    paths = [os.path.join(directory, n) for n in ("ca.pem", "server.pem", "server.key")]
-    contents = [
-        ca.public_bytes(serialization.Encoding.PEM),
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
+    authority = Authority()
+    cert, key = authority.issue(names=(NAME, DENIED))
+    return [
+        authority.write(os.path.join(directory, "ca.pem")),
+        authority.write(os.path.join(directory, "server.pem"), cert),
+        authority.write(os.path.join(directory, "server.key"), key),
     ]
-    for path, content in zip(paths, contents):
-        with open(path, "wb") as f:
-            f.write(content)
-        os.chmod(path, 0o644)
-    return paths
 
 
 class RelayTests(testbed.TopologyTestCase):
