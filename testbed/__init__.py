@@ -28,6 +28,7 @@ from testbed.process import (
     REQUIRED_TOOLS,
     TWISTD,
     ManagedProcess,
+    descendants,
     TopologyError,
     unavailable_reason,
     wait_for,
@@ -37,7 +38,8 @@ from testbed.topology import BACKEND_SCRIPT, CLIENT_SCRIPT, REPO_ROOT, Topology
 __all__ = [
     "BACKEND_SCRIPT", "CLIENT_SCRIPT", "CLIENT_UID", "CLIENT_V4", "CLIENT_V6", "PREFIX",
     "REPO_ROOT", "REQUIRED_TOOLS", "SERVER_V4", "SERVER_V6", "TWISTD", "UNASSIGNED_V4",
-    "ManagedProcess", "Topology", "TopologyError", "TopologyTestCase", "list_namespaces",
+    "ManagedProcess", "Topology", "TopologyError", "TopologyTestCase", "descendants",
+    "list_namespaces",
     "our_namespaces", "remove_stale_namespaces", "suite", "unavailable_reason", "wait_for",
 ]
 

@@ -35,6 +35,8 @@ import struct
 import sys
 import threading
 
+from dualstack import Server  # the dual-stack threading server, beside this file
+
 _LOCK = threading.Lock()
 _COUNT = [0]
 FILLER = b"0123456789abcdefghijklmnopqrstuvwxyz" * 64
@@ -171,17 +173,6 @@ class Handler(socketserver.BaseRequestHandler):
                     return
         except (OSError, ValueError, EOFError):
             return
-
-
-class Server(socketserver.ThreadingTCPServer):
-    address_family = socket.AF_INET6
-    allow_reuse_address = True
-    daemon_threads = True
-    request_queue_size = 512
-
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        socketserver.ThreadingTCPServer.server_bind(self)
 
 
 def main(argv=None):

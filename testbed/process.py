@@ -116,6 +116,22 @@ class ManagedProcess:
         return self.popen.returncode
 
 
+def descendants(pid):
+    """
+    @return: the PIDs of C{pid}'s children, theirs and so on (a proxy under
+        C{ip netns exec} and a wrapper that forks is one of them).
+    """
+    children = []
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            for child in f.read().split():
+                children.append(int(child))
+                children.extend(descendants(int(child)))
+    except OSError:
+        pass
+    return children
+
+
 def wait_for(predicate, timeout, interval=0.05, what="condition"):
     """
     Poll C{predicate} until it returns something true, for at most C{timeout} seconds.

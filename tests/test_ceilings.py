@@ -306,7 +306,7 @@ def _python_pid(pid):
     @return: the proxy's own process: C{pid} (ip netns exec execs it) or, under a wrapper
         that forks, the descendant that runs origdst.
     """
-    for candidate in [pid] + _descendants(pid):
+    for candidate in [pid] + testbed.descendants(pid):
         try:
             with open("/proc/%d/cmdline" % candidate, "rb") as f:
                 if b"origdst" in f.read():
@@ -314,18 +314,6 @@ def _python_pid(pid):
         except OSError:
             pass
     raise AssertionError("no origdst process under %d" % pid)
-
-
-def _descendants(pid):
-    children = []
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            for child in f.read().split():
-                children.append(int(child))
-                children.extend(_descendants(int(child)))
-    except OSError:
-        pass
-    return children
 
 
 def _fds(pid):

@@ -194,7 +194,7 @@ def _cpu_seconds(pid):
     CPU time of the proxy: the python process under ip netns exec and prlimit.
     """
     total = 0.0
-    for task in _descendants(pid) + [pid]:
+    for task in testbed.descendants(pid) + [pid]:
         try:
             with open("/proc/%d/stat" % task) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -202,18 +202,6 @@ def _cpu_seconds(pid):
         except OSError:
             pass
     return total
-
-
-def _descendants(pid):
-    children = []
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            for child in f.read().split():
-                children.append(int(child))
-                children.extend(_descendants(int(child)))
-    except OSError:
-        pass
-    return children
 
 
 def testSuite():
