@@ -133,6 +133,7 @@ ENV_VARIANTS = {
     "nursery4m": {"PYPY_GC_NURSERY": "4M"},
     "nursery8m": {"PYPY_GC_NURSERY": "8M"},
     "nursery16m": {"PYPY_GC_NURSERY": "16M"},
+    "nursery32m": {"PYPY_GC_NURSERY": "32M"},
 }
 
 

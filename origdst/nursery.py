@@ -16,14 +16,16 @@ C{/proc/self/environ}: Twisted removes systemd's C{LISTEN_PID} and
 C{LISTEN_FDS} from C{os.environ} as it reads them), with
 C{PYPY_GC_NURSERY=}L{SIZE}.
 
-Why 4 MiB: in one C{make bench} run (three rounds, ratios to Envoy 1.40
-C{--concurrency 1}) PyPy's default 1 MiB, 8 MiB and 16 MiB gave keep-alive
-p99 at saturation 5.3x, 2.0x and 1.6x; keep-alive req/s 1.43x, 1.47x and
-1.39x; C{Connection: close} req/s 0.87x, 1.01x and 0.99x. But 8 MiB raised
-the peak of the suite's slow-reader download (tests/test_fidelity.py, after
-a warm-up) to 49-54 MiB, over its 32 MiB budget, where 4 MiB peaked at 15 MiB
-(1 MiB at 15-21 MiB): 4 MiB is the largest size measured within the memory
-budget (README, Runtimes, for its figures).
+Why 32 MiB: in one C{make bench} run (three rounds, ratios to Envoy 1.40
+C{--concurrency 1}), 4, 16 and 32 MiB gave keep-alive p99 at saturation
+4.26x, 1.56x and 0.81x, p99.9 5.55x, 4.62x and 1.05x, at keep-alive req/s
+1.20x, 1.36x and 1.27x (the machine's noise is larger than their
+differences); a 32 MiB nursery costs 23 MiB more resident memory at start
+than 4 MiB. A large nursery once cost much more during large transfers (a
+256 MiB download grew the resident size by 218 MiB at 32 MiB): PyPy frees
+reads over about 64 KiB only at minor collections, which a large nursery
+makes rare; origdst reads 64 KiB at a time under PyPy
+(L{origdst.flow.bulk_read_size}), and that download grows it by 5 MiB.
 
 A C{PYPY_GC_NURSERY} that is set, to any value, is the user's choice and is
 kept. CPython has no nursery: nothing is done there.
@@ -39,7 +41,7 @@ log = logger("origdst.nursery")
 VARIABLE = "PYPY_GC_NURSERY"
 
 #: The nursery origdst starts PyPy with (README, Runtimes, for the figures).
-SIZE = "4M"
+SIZE = "32M"
 
 
 def wanted(environ, implementation):

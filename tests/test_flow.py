@@ -113,6 +113,20 @@ class WriteTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"hello")
 
 
+class BulkReadSizeTests(unittest.TestCase):
+    def test_cpython(self):
+        """
+        CPython reads a large body 1 MiB at a time.
+        """
+        self.assertEqual(flow.bulk_read_size("cpython"), 1024 * 1024)
+
+    def test_pypy(self):
+        """
+        PyPy reads it in Twisted's usual size, which its nursery holds.
+        """
+        self.assertEqual(flow.bulk_read_size("pypy"), flow.SMALL_READ)
+
+
 class FollowReadsTests(unittest.TestCase):
     def test_sizes(self):
         """
