@@ -61,9 +61,8 @@ class Bench:
         # Namespaced sysctls, ours only: room for the Connection: close runs,
         # below origdst's --upstream-source-ports (61000-65535), as its
         # set-up requires: a client given one of those ports can share the
-        # four-tuple of an upstream connection, and the TLS phase failed a
-        # few connections a round (SSLZeroReturnError) when the clients'
-        # range reached 65535.
+        # four-tuple of an upstream connection (origdst warns at start when
+        # the two ranges overlap).
         self.topo.exec(c, ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 60999"],
                        check=False)
         self.topo.exec(c, ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"], check=False)
