@@ -28,6 +28,7 @@ Phases (each bounded in time; the client runs in C as uid 65534):
     close      the same with Connection: close
     rate       a fixed, modest, open-loop rate (bench/loadgen.py): p50/p99/p99.9/max
     bulk       curl downloads of the 256 MiB file: MB/s, the proxy's peak RSS
+               and CPU per GiB
     idle       5,000 client connections held open after one request each:
                the proxy's RSS growth per connection
     tcp        the 256 MiB stream, not HTTP, through the TCP relay (origdst with

@@ -115,7 +115,18 @@ def bulk(bench, port, proxy):
                 proc.returncode, proc.stdout, proc.stderr.strip()))
         return float(parts[2])
 
-    return transfers(proxy, a.bulk_reps, size, download)
+    return per_gib(with_cpu(bench, proxy, lambda: transfers(proxy, a.bulk_reps, size, download)),
+                   (a.bulk_reps + 1) * size)
+
+
+def per_gib(result, moved):
+    """
+    Add the proxy's CPU seconds per GiB moved (C{moved} bytes, the
+    unmeasured first transfer too) to a transfer phase's C{result}.
+    """
+    if result.get("proxy_cpu_s") is not None:
+        result["proxy_cpu_s_per_gib"] = round(result["proxy_cpu_s"] / (moved / float(1 << 30)), 3)
+    return result
 
 
 def transfers(proxy, reps, size, transfer):
@@ -172,12 +183,7 @@ def tcp(bench, port, proxy):
         result["streams"] = a.bulk_reps
         return result
 
-    result = with_cpu(bench, proxy, measured)
-    if proxy and result.get("proxy_cpu_s") is not None:
-        # Over the unmeasured stream too: all that was relayed.
-        moved = (a.bulk_reps + 1) * size / float(1 << 30)
-        result["proxy_cpu_s_per_gib"] = round(result["proxy_cpu_s"] / moved, 3)
-    return result
+    return per_gib(with_cpu(bench, proxy, measured), (a.bulk_reps + 1) * size)
 
 
 def tls(bench, port, proxy):

@@ -43,6 +43,8 @@ ROWS = [
     ("bulk: RSS before MiB", "bulk", "rss_before_mib", "{:.1f}", None),
     ("bulk: peak RSS MiB", "bulk", "peak_rss_mib", "{:.1f}", "low"),
     ("bulk: RSS growth MiB", "bulk", "rss_growth_mib", "{:.1f}", "low"),
+    ("bulk: proxy CPU s/GiB", "bulk", "proxy_cpu_s_per_gib", "{:.2f}", "low"),
+    ("bulk: proxy CPU system share", "bulk", "proxy_cpu_system_share", "{:.2f}", None),
     ("TCP relay MB/s (%d MiB)", "tcp", "mb_per_s", "{:,.0f}", "high"),
     ("TCP relay: RSS before MiB", "tcp", "rss_before_mib", "{:.1f}", None),
     ("TCP relay: RSS growth MiB", "tcp", "rss_growth_mib", "{:.1f}", "low"),

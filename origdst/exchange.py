@@ -13,7 +13,7 @@ import itertools
 
 from zope.interface import implementer
 
-from origdst import accesslog, framing, replies
+from origdst import accesslog, framing, rawcopy, replies
 from origdst.flow import connect_flow, disconnect_flow, write
 from origdst.headers import forwardable_trailers, informational_head, response_head
 from origdst.interfaces import IExchange
@@ -262,13 +262,25 @@ class Exchange:
             connect_flow(self.conn.pauser, channel.transport)
 
     def response_data(self, data):
-        if self.log is not None:
-            self.log.sent += len(data)
-        self.active_at = self.channel.reactor.seconds()
+        self._responding(len(data))
         if self.chunked_out:
             self.channel.transport.writeSequence(framing.encode_chunk(data))
         else:
             write(self.channel.transport, data)
+
+    def response_sink(self):
+        if self.chunked_out or self.state != RESPONDING:
+            return None
+        return self.channel.transport
+
+    def response_forward(self, n):
+        self._responding(n)
+        rawcopy.forward(self.channel.transport, n, self.conn.pauser)
+
+    def _responding(self, n):
+        if self.log is not None:
+            self.log.sent += n
+        self.active_at = self.channel.reactor.seconds()
 
     def response_end(self, trailers):
         if self.chunked_out:

@@ -91,6 +91,8 @@ def bulk_read_size(implementation=sys.implementation.name):
     1 MiB reads grew the resident size by 26 MiB with a 4 MiB nursery and by
     249 MiB with a 32 MiB one, where 64 KiB reads, which stay in the
     nursery, grew it by 17 and 14 MiB and were faster (README, Runtimes).
+    A large response body of known length does not become bytes there at
+    all (L{origdst.rawcopy}).
     """
     return SMALL_READ if implementation == "pypy" else 1024 * 1024
 
@@ -129,7 +131,34 @@ TRANSPORT_ATTRIBUTES = (
     "socket", "TLS", "connected", "disconnecting", "_aborting", "_writeDisconnecting",
     "_writeDisconnected", "_tempDataLen", "dataBuffer", "offset",
 )
-_DIRECT = (tcp.Server, tcp.Client)
+PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def can_send_now(transport):
+    """
+    @return: whether bytes for C{transport} may go straight to its socket:
+        one of Twisted's own TCP connections (not a subclass: origdst's
+        upstream connections from L{origdst.sourceports} are one, and sending
+        their request heads directly measured no faster), without TLS, open,
+        with nothing waiting in its buffer (what is sent then comes after
+        everything written before).
+    """
+    return (
+        transport.__class__ in PLAIN_TCP
+        and transport.connected
+        and not (
+            transport.TLS
+            or transport.disconnecting
+            or transport._aborting
+            or transport._writeDisconnecting
+            or transport._writeDisconnected
+            or transport._tempDataLen
+            or transport.offset != len(transport.dataBuffer)
+            # A doWrite of its own: bytes held ahead of Twisted's buffer
+            # (origdst.rawcopy).
+            or "doWrite" in transport.__dict__
+        )
+    )
 
 
 def write(transport, data):
@@ -147,19 +176,7 @@ def write(transport, data):
     Anything but a plain TCP connection (TLS, a test's transport) is left
     to its own write.
     """
-    if (
-        transport.__class__ in _DIRECT
-        and transport.connected
-        and not (
-            transport.TLS
-            or transport.disconnecting
-            or transport._aborting
-            or transport._writeDisconnecting
-            or transport._writeDisconnected
-            or transport._tempDataLen
-            or transport.offset != len(transport.dataBuffer)
-        )
-    ):
+    if can_send_now(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:

@@ -120,6 +120,19 @@ class IExchange(Interface):
         A piece of the response body (decoded).
         """
 
+    def response_sink():
+        """
+        @return: the client's transport, when the body arriving now goes to
+            it unchanged (a length-framed body) and may be moved raw
+            (L{origdst.rawcopy}); else C{None}.
+        """
+
+    def response_forward(n):
+        """
+        The next C{n} bytes of the body are in the raw buffer
+        (L{origdst.rawcopy}): L{response_data}, without bytes.
+        """
+
     def response_end(trailers):
         """
         The response is complete.

@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
-from origdst import framing, heads
+from origdst import framing, heads, rawcopy
 from origdst.flow import BULK_BODY, Pauser, read_size, write
 from origdst.headers import wants_close
 from origdst.interfaces import IUpstreamConnection
@@ -103,14 +103,18 @@ class UpstreamProtocol(Protocol):
         Drop the connection and its exchange: the exchange ended abnormally,
         so what the server still sends could not be matched to a request.
         """
+        rawcopy.stop(self.transport)
         self.exchange = None
         self.reusable = False
         self.transport.abortConnection()
 
-    def dataReceived(self, data):
+    def _count(self, n):
         pool = self.pool
-        pool.rx_bytes += len(data)
-        pool.stats.upstream_cx_rx_bytes_total += len(data)
+        pool.rx_bytes += n
+        pool.stats.upstream_cx_rx_bytes_total += n
+
+    def dataReceived(self, data):
+        self._count(len(data))
         if self.tunnel is not None:
             self.tunnel.from_server(data)
             return
@@ -191,7 +195,34 @@ class UpstreamProtocol(Protocol):
                 return None
             if self.exchange is None:
                 return None
+            if self._bulk and kind == framing.LENGTH:
+                self._start_raw()
             return buf
+
+    def _start_raw(self):
+        """
+        Move the rest of a large length-framed body raw where it can be
+        (L{origdst.rawcopy}: under PyPy).
+        """
+        sink = self.exchange.response_sink()
+        if sink is not None and rawcopy.usable(self.transport, sink):
+            rawcopy.start(self.transport, self._raw_limit, self._raw_received)
+
+    def _raw_limit(self):
+        reader = self._reader
+        if self.exchange is None or reader is None or reader.done:
+            return 0
+        return reader.remaining
+
+    def _raw_received(self, n):
+        self._count(n)
+        reader = self._reader
+        reader.remaining -= n
+        if not reader.remaining:
+            reader.done = True
+        self.exchange.response_forward(n)
+        if reader.done and self._reader is reader:
+            self._finish(b"", reader.trailers)
 
     def _on_body(self, data):
         exchange = self.exchange
@@ -211,6 +242,7 @@ class UpstreamProtocol(Protocol):
         self.reused = True
         if self._bulk:
             self._bulk = False
+            rawcopy.stop(self.transport)
             read_size(self.transport, False)
         if rest:
             # Bytes after a complete response belong to no request.
