@@ -121,7 +121,7 @@ VARIANTS = {
     "lean": "import origdst.eventloop as e; "
             "e.LEAN_DISPATCH = dict.fromkeys(e.LEAN_DISPATCH, True); ",
     "nogcbound": "import origdst.gcbound as g; g.install = lambda *a, **k: None; ",
-    "norawcopy": "import origdst.rawcopy as r; r.load = lambda *a, **k: None; ",
+    "norawcopy": "import origdst.rawcopy as r; r._raw = None; ",
 }
 
 #: Switches of a target's name that set the proxy's environment: PyPy's GC

@@ -10,7 +10,8 @@ PyPy reads large bodies 64 KiB at a time, and a 256 MiB download cost it
 known length streams from a server to a client, origdst under PyPy instead
 reads it with C{recv(2)} into a raw buffer and sends it from there with
 C{send(2)}, both called through PyPy's own cffi: no object is made of the
-bytes, and the reads are as large as CPython's.
+bytes, and the reads are as large as CPython's. The TCP relay moves both
+of its directions so (L{origdst.tcp}).
 
 What the client's socket does not take at once stays in that buffer, which
 the client connection then holds (the reads go on in another): its writes
@@ -41,24 +42,43 @@ SPARES = 8
 _MSG_NOSIGNAL = 0x4000
 _AGAIN = (errno.EAGAIN, errno.EINTR)
 
-_CDEF = """
-ssize_t recv(int sockfd, void *buf, size_t len, int flags);
-ssize_t send(int sockfd, const void *buf, size_t len, int flags);
-"""
-
 
 class _Raw:
     """
     libc's C{recv} and C{send}, the buffer reads go into, and spare ones.
+
+    Built on C{_cffi_backend}, the part of cffi built into PyPy, without
+    cffi's C{FFI}: that parses declarations with pycparser, which cost 10 MiB
+    of resident memory, where this costs about 1 (and opens no file, so it is
+    done at start, before descriptors can run out).
     """
 
-    def __init__(self, ffi, lib, size):
-        self.ffi = ffi
-        self.recv = lib.recv
-        self.send = lib.send
+    def __init__(self, backend, size):
+        c_int = backend.new_primitive_type("int")
+        size_t = backend.new_primitive_type("size_t")
+        ssize_t = backend.new_primitive_type("ssize_t")
+        pointer = backend.new_pointer_type(backend.new_void_type())
+        # ssize_t recv(int, void *, size_t, int), and send alike.
+        call = backend.new_function_type((c_int, pointer, size_t, c_int), ssize_t, False)
+        libc = backend.load_library(None)
+        self.recv = libc.load_function(call, "recv")
+        self.send = libc.load_function(call, "send")
+        self.errno = backend.get_errno
+        self._backend = backend
+        self._array = backend.new_array_type(
+            backend.new_pointer_type(backend.new_primitive_type("char")), None)
         self.size = size
-        self.buffer = ffi.new("char[]", size)
+        self.buffer = self.new()
         self.spares = []
+
+    def new(self):
+        return self._backend.newp(self._array, self.size)
+
+    def bytes(self, buffer, start, end):
+        """
+        @return: C{buffer[start:end]}, copied into bytes.
+        """
+        return self._backend.buffer(buffer + start, end - start)[:]
 
     def take(self):
         """
@@ -66,7 +86,7 @@ class _Raw:
             reads go into a spare or a new one.
         """
         held = self.buffer
-        self.buffer = self.spares.pop() if self.spares else self.ffi.new("char[]", self.size)
+        self.buffer = self.spares.pop() if self.spares else self.new()
         return held
 
     def give_back(self, buffer):
@@ -76,27 +96,18 @@ class _Raw:
 
 def load(implementation=sys.implementation.name, size=BUFFER_SIZE):
     """
-    @return: a L{_Raw} under PyPy with cffi, else C{None}.
+    @return: a L{_Raw} under PyPy, else C{None}.
     """
     if implementation != "pypy":
         return None
     try:
-        import cffi
-    except ImportError:
-        return None
-    try:
-        ffi = cffi.FFI()
-        ffi.cdef(_CDEF)
-        lib = ffi.dlopen(None)
-        return _Raw(ffi, lib, size)
-    except (OSError, AttributeError, cffi.CDefError, cffi.FFIError):
+        import _cffi_backend
+        return _Raw(_cffi_backend, size)
+    except (ImportError, AttributeError, OSError, TypeError):
         return None
 
 
-# Loaded at the first large body: cffi costs PyPy about 6 MiB of resident
-# memory, which a proxy that never sees one need not pay.
-_raw = None
-_loaded = False
+_raw = load()
 
 
 def usable(source, sink, raw=None):
@@ -105,13 +116,7 @@ def usable(source, sink, raw=None):
         runtime has L{load}ed, and both are TCP connections without TLS
         (the source may be of a subclass: L{origdst.sourceports}'s).
     """
-    global _raw, _loaded
-    if raw is None:
-        if not _loaded:
-            _loaded = True
-            _raw = load()
-        raw = _raw
-    if raw is None:
+    if (_raw if raw is None else raw) is None:
         return False
     return all(isinstance(t, PLAIN_TCP) and not t.TLS for t in (source, sink))
 
@@ -128,7 +133,7 @@ def start(transport, limit, received, raw=None):
     """
     raw = _raw if raw is None else raw
     fd = transport.socket.fileno()
-    recv, size, ffi = raw.recv, raw.size, raw.ffi
+    recv, size, get_errno = raw.recv, raw.size, raw.errno
 
     def doRead():
         want = limit()
@@ -140,7 +145,7 @@ def start(transport, limit, received, raw=None):
             return received(n)
         if n == 0:
             return main.CONNECTION_DONE
-        if ffi.errno in _AGAIN:
+        if get_errno() in _AGAIN:
             return None
         return main.CONNECTION_LOST
 
@@ -166,15 +171,15 @@ def forward(transport, n, pauser, raw=None):
     """
     raw = _raw if raw is None else raw
     if not can_send_now(transport):
-        transport.write(raw.ffi.buffer(raw.buffer, n)[:])
+        transport.write(raw.bytes(raw.buffer, 0, n))
         return
     sent = raw.send(transport.socket.fileno(), raw.buffer, n, _MSG_NOSIGNAL)
     if sent == n:
         return
     if sent < 0:
-        if raw.ffi.errno not in _AGAIN:
+        if raw.errno() not in _AGAIN:
             # Twisted's own write meets the error and reports it as usual.
-            transport.write(raw.ffi.buffer(raw.buffer, n)[:])
+            transport.write(raw.bytes(raw.buffer, 0, n))
             return
         sent = 0
     hold(transport, raw, raw.take(), sent, n, pauser)
@@ -187,13 +192,13 @@ def hold(transport, raw, buffer, offset, end, pauser):
     """
     pauser.pause(pauser.PEER_FULL)
     fd = transport.socket.fileno()
-    send, ffi = raw.send, raw.ffi
+    send, get_errno = raw.send, raw.errno
     at = [offset]
 
     def doWrite():
         sent = send(fd, buffer + at[0], end - at[0], _MSG_NOSIGNAL)
         if sent < 0:
-            if ffi.errno in _AGAIN:
+            if get_errno() in _AGAIN:
                 return None
             del transport.doWrite
             return main.CONNECTION_LOST

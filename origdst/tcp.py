@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
-from origdst import accesslog, fdlimit, relaylog, replies, sourceports
+from origdst import accesslog, fdlimit, rawcopy, relaylog, replies, sourceports
 from origdst.addresses import endpoint, host_port
 from origdst.flow import Pauser, connect_flow, follow_reads, write
 from origdst.logs import debug_enabled, logger
@@ -141,17 +141,21 @@ class Relay(Protocol):
 
     def dataReceived(self, data):
         n = len(data)
-        self.received += n
-        self.last_active = self.reactor.seconds()
-        stats = self.cluster.stats
-        stats.tcp_rx_bytes += n
+        self._from_client(n)
         upstream = self.upstream
         if upstream is not None:
-            stats.upstream_cx_tx_bytes_total += n
             follow_reads(self.transport, n)
             write(upstream.transport, data)
         elif not self.closed:
             self.pending.append(data)
+
+    def _from_client(self, n):
+        self.received += n
+        self.last_active = self.reactor.seconds()
+        stats = self.cluster.stats
+        stats.tcp_rx_bytes += n
+        if self.upstream is not None:
+            stats.upstream_cx_tx_bytes_total += n
 
     def readConnectionLost(self):
         self.read_closed = True
@@ -183,7 +187,23 @@ class Relay(Protocol):
             upstream.transport.write(data)
         if self.read_closed:
             upstream.transport.loseWriteConnection()
+        if rawcopy.usable(self.transport, upstream.transport):
+            rawcopy.start(self.transport, self._raw_limit, self._client_raw)
+            rawcopy.start(upstream.transport, self._raw_limit, self._upstream_raw)
         self.pauser.resume(CONNECTING)
+
+    # Under PyPy both directions go raw once connected (origdst.rawcopy).
+
+    def _raw_limit(self):
+        return 0 if self.closed else rawcopy.BUFFER_SIZE
+
+    def _client_raw(self, n):
+        self._from_client(n)
+        rawcopy.forward(self.upstream.transport, n, self.pauser)
+
+    def _upstream_raw(self, n):
+        self._from_server(n)
+        rawcopy.forward(self.transport, n, self.upstream.pauser)
 
     def upstream_failed(self, reason):
         if self.closed:
@@ -205,13 +225,15 @@ class Relay(Protocol):
         self.close()
 
     def from_upstream(self, data):
-        n = len(data)
+        self._from_server(len(data))
+        write(self.transport, data)
+
+    def _from_server(self, n):
         self.sent += n
         self.last_active = self.reactor.seconds()
         stats = self.cluster.stats
         stats.upstream_cx_rx_bytes_total += n
         stats.tcp_tx_bytes += n
-        write(self.transport, data)
 
     def upstream_read_closed(self):
         self.transport.loseWriteConnection()
