@@ -135,6 +135,8 @@ ENV_VARIANTS = {
     "nursery8m": {"PYPY_GC_NURSERY": "8M"},
     "nursery16m": {"PYPY_GC_NURSERY": "16M"},
     "nursery32m": {"PYPY_GC_NURSERY": "32M"},
+    "gcmin32m": {"PYPY_GC_MIN": "32M"},
+    "gcmin64m": {"PYPY_GC_MIN": "64M"},
 }
 
 

@@ -16,19 +16,25 @@ C{/proc/self/environ}: Twisted removes systemd's C{LISTEN_PID} and
 C{LISTEN_FDS} from C{os.environ} as it reads them), with
 C{PYPY_GC_NURSERY=}L{SIZE}.
 
-Why 4 MiB, when a larger one serves the tail better: in one C{make bench}
-run (three rounds, ratios to Envoy 1.40 C{--concurrency 1}), 4, 16 and
-32 MiB gave keep-alive p99 at saturation 4.26x, 1.56x and 0.81x. But under
-the soak's load (C{make soak}: faults, reconnections) a 32 MiB nursery let
-the resident size climb by about 45 MiB a minute for the whole 60 s run, and
-the soak failed, where 4 MiB stayed flat (+0.55 MiB/min). Until that growth
-is understood, the default is the size measured flat; C{PYPY_GC_NURSERY=32M}
-is the user's choice for the tail (README, Runtimes). The reads of large
-bodies are 64 KiB under PyPy (L{origdst.flow.bulk_read_size}), so the
-nursery size no longer sets the memory a large transfer takes.
+Why 32 MiB, and a minimum heap of 32 MiB with it: in one C{make bench} run
+(three rounds, ratios to Envoy 1.40 C{--concurrency 1}), 4, 16 and 32 MiB
+gave keep-alive p99 at saturation 4.26x, 1.56x and 0.81x. But PyPy starts no
+major collection before its heap reaches C{PYPY_GC_MIN}, eight times the
+nursery by default: 256 MiB at 32 MiB. Under the soak's load (C{make soak}:
+faults, reconnections) the resident size then climbed by about 30 MiB a
+minute for five minutes, from 138 to 325 MiB, with no major collection at
+all, and the soak failed, where 4 MiB (so 32 MiB of minimum heap) stayed
+flat. So origdst sets C{PYPY_GC_MIN=}L{MIN_HEAP} too, the minimum a 4 MiB
+nursery has: the soak stays flat (138 to 160 MiB in 60 s, +0.75 MiB/min
+over the second half), and keep-alive p99 at saturation was 1.07x Envoy's
+(4 MiB: 2.92x; 32 MiB with its own minimum: 0.60x) in one run. The reads
+of large bodies are 64 KiB under PyPy (L{origdst.flow.bulk_read_size}), or
+no bytes at all (L{origdst.rawcopy}), so the nursery size no longer sets the
+memory a large transfer takes.
 
 A C{PYPY_GC_NURSERY} that is set, to any value, is the user's choice and is
-kept. CPython has no nursery: nothing is done there.
+kept, with whatever C{PYPY_GC_MIN} they set or not; a C{PYPY_GC_MIN} set
+alone is kept too. CPython has no nursery: nothing is done there.
 """
 
 import os
@@ -39,9 +45,12 @@ from origdst.logs import logger
 log = logger("origdst.nursery")
 
 VARIABLE = "PYPY_GC_NURSERY"
+MIN_VARIABLE = "PYPY_GC_MIN"
 
 #: The nursery origdst starts PyPy with (README, Runtimes, for the figures).
-SIZE = "4M"
+SIZE = "32M"
+#: The heap below which PyPy starts no major collection, set with it.
+MIN_HEAP = "32M"
 
 
 def wanted(environ, implementation):
@@ -90,7 +99,8 @@ def initial_environment(path="/proc/self/environ"):
 def restart(environ=None, implementation=None, executable=None, argv=None, execve=os.execve):
     """
     Under PyPy without C{PYPY_GC_NURSERY}, replace this process by itself
-    with it set to L{SIZE}; it returns only when nothing is to be done or the
+    with it set to L{SIZE} (and C{PYPY_GC_MIN} to L{MIN_HEAP}, unless set);
+    it returns only when nothing is to be done or the
     restart cannot be made (then the proxy runs on with PyPy's default, and a
     log line says why).
 
@@ -114,6 +124,7 @@ def restart(environ=None, implementation=None, executable=None, argv=None, execv
         return False
     env = dict(environ)
     env[VARIABLE] = SIZE
+    env.setdefault(MIN_VARIABLE, MIN_HEAP)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

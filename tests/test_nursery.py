@@ -34,9 +34,17 @@ class RestartTests(unittest.TestCase):
                         self.execve)
         self.assertEqual(self.calls, [(
             "/venv/bin/python", ["/venv/bin/python", b"-c", b"code", b"-n", b"origdst"],
-            {"PATH": "/usr/bin", "LISTEN_FDS": "1", "PYPY_GC_NURSERY": nursery.SIZE},
+            {"PATH": "/usr/bin", "LISTEN_FDS": "1", "PYPY_GC_NURSERY": nursery.SIZE,
+             "PYPY_GC_MIN": nursery.MIN_HEAP},
         )])
         self.assertNotIn("PYPY_GC_NURSERY", environ)
+
+    def test_minimum_kept(self):
+        """
+        A C{PYPY_GC_MIN} the user set alone is kept; the nursery is added.
+        """
+        nursery.restart({"PYPY_GC_MIN": "100M"}, "pypy", "/x", [b"x"], self.execve)
+        self.assertEqual(self.calls[0][2], {"PYPY_GC_MIN": "100M", "PYPY_GC_NURSERY": nursery.SIZE})
 
     def test_kept(self):
         """
@@ -89,10 +97,11 @@ class RestartTests(unittest.TestCase):
         line, with the variable set, and once only; under CPython it goes on.
         """
         code = ("import os, sys; from origdst import nursery; "
-                "print(os.getpid(), os.environ.get('PYPY_GC_NURSERY'), sys.argv[1:], "
+                "print(os.getpid(), os.environ.get('PYPY_GC_NURSERY'), os.environ.get('PYPY_GC_MIN'), "
+                "sys.argv[1:], "
                 "os.environ.pop('LISTEN_PID'), flush=True); "
                 "nursery.restart(); print('on', flush=True)")
-        env = {k: v for k, v in os.environ.items() if k != "PYPY_GC_NURSERY"}
+        env = {k: v for k, v in os.environ.items() if k not in ("PYPY_GC_NURSERY", "PYPY_GC_MIN")}
         env["PYTHONPATH"] = REPO
         # Removed from os.environ before the restart, as Twisted does: the
         # restarted process has it again.
@@ -101,9 +110,10 @@ class RestartTests(unittest.TestCase):
                              timeout=120, check=True).stdout.decode().splitlines()
         pid = out[0].split()[0]
         if sys.implementation.name == "pypy":
-            self.assertEqual(out, [f"{pid} None ['a b', ''] 7", f"{pid} {nursery.SIZE} ['a b', ''] 7", "on"])
+            self.assertEqual(out, [f"{pid} None None ['a b', ''] 7",
+                                   f"{pid} {nursery.SIZE} {nursery.MIN_HEAP} ['a b', ''] 7", "on"])
         else:
-            self.assertEqual(out, [f"{pid} None ['a b', ''] 7", "on"])
+            self.assertEqual(out, [f"{pid} None None ['a b', ''] 7", "on"])
 
     def test_plugin(self):
         """
