@@ -7,8 +7,11 @@ The raw path is PyPy's, but cffi is there on CPython too (pyOpenSSL's
 cryptography needs it), so these run on both by loading it as PyPy would.
 """
 
+import fcntl
 import os
 import socket
+import struct
+import termios
 
 from twisted.internet import defer, error, reactor, task
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
@@ -53,6 +56,33 @@ def until(predicate, seconds=30.0):
         return task.deferLater(reactor, 0.01, check)
 
     return defer.maybeDeferred(check)
+
+
+def queued(sock, request):
+    """
+    @return: the byte count C{ioctl(sock, request)} reports (FIONREAD: to
+        be read; TIOCOUTQ: not yet sent).
+    """
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
+
+
+def stalled(parts):
+    """
+    @return: a predicate true once the client side holds a buffer and
+        neither the reader's nor the sender's socket queue moved since the
+        last call: the reader's socket is full. (Just after a buffer is
+        held, the bytes in flight may still make room and let it go.)
+    """
+    last = [None]
+
+    def check():
+        now = (queued(parts["reader"].transport.socket, termios.FIONREAD),
+               queued(parts["sink"].transport.socket, termios.TIOCOUTQ))
+        still = "doWrite" in parts["sink"].transport.__dict__ and now == last[0]
+        last[0] = now
+        return still
+
+    return check
 
 
 class RawCopyTests(unittest.TestCase):
@@ -140,6 +170,7 @@ class RawCopyTests(unittest.TestCase):
         not resumed for it.
         """
         parts = yield self.relay(os.urandom(4 * 1024 * 1024))
+        yield until(stalled(parts))
         parts["reader"].transport.abortConnection()
         why = yield parts["sink"].lost
         self.assertIsInstance(why, error.ConnectionLost)
