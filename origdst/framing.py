@@ -194,6 +194,15 @@ class BodyReader:
         self._on_data(data)
         return b""
 
+    def consumed(self, n):
+        """
+        Count C{n} bytes of a C{LENGTH} body that went by without L{feed}
+        (L{origdst.rawcopy} moved them).
+        """
+        self.remaining -= n
+        if not self.remaining:
+            self.done = True
+
     def _feed_chunked(self, data):
         if self._buf:
             data = self._buf + data

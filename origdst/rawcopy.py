@@ -74,11 +74,11 @@ class _Raw:
     def new(self):
         return self._backend.newp(self._array, self.size)
 
-    def bytes(self, buffer, start, end):
+    def bytes(self, n):
         """
-        @return: C{buffer[start:end]}, copied into bytes.
+        @return: the first C{n} bytes of the buffer just read into, copied.
         """
-        return self._backend.buffer(buffer + start, end - start)[:]
+        return self._backend.buffer(self.buffer, n)[:]
 
     def take(self):
         """
@@ -171,7 +171,7 @@ def forward(transport, n, pauser, raw=None):
     """
     raw = _raw if raw is None else raw
     if not can_send_now(transport):
-        transport.write(raw.bytes(raw.buffer, 0, n))
+        transport.write(raw.bytes(n))
         return
     sent = raw.send(transport.socket.fileno(), raw.buffer, n, _MSG_NOSIGNAL)
     if sent == n:
@@ -179,7 +179,7 @@ def forward(transport, n, pauser, raw=None):
     if sent < 0:
         if raw.errno() not in _AGAIN:
             # Twisted's own write meets the error and reports it as usual.
-            transport.write(raw.bytes(raw.buffer, 0, n))
+            transport.write(raw.bytes(n))
             return
         sent = 0
     hold(transport, raw, raw.take(), sent, n, pauser)

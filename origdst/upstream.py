@@ -217,9 +217,7 @@ class UpstreamProtocol(Protocol):
     def _raw_received(self, n):
         self._count(n)
         reader = self._reader
-        reader.remaining -= n
-        if not reader.remaining:
-            reader.done = True
+        reader.consumed(n)
         self.exchange.response_forward(n)
         if reader.done and self._reader is reader:
             self._finish(b"", reader.trailers)

@@ -200,6 +200,22 @@ class BodyReaderTests(unittest.TestCase):
         reader, body, rest = self.read(framing.LENGTH, 5, [b"ab", b"cdeGET"])
         self.assertEqual((reader.done, body, rest), (True, b"abcde", b"GET"))
 
+    def test_consumed(self):
+        """
+        Bytes moved past the reader (raw) count toward its length as fed
+        ones do, and the bytes after the body still come back from feed.
+        """
+        out = []
+        reader = BodyReader(framing.LENGTH, 10, out.append)
+        reader.feed(b"ab")
+        reader.consumed(5)
+        self.assertEqual((reader.remaining, reader.done), (3, False))
+        self.assertEqual(reader.feed(b"cdeGET"), b"GET")
+        self.assertEqual((reader.done, b"".join(out)), (True, b"abcde"))
+        reader = BodyReader(framing.LENGTH, 4, out.append)
+        reader.consumed(4)
+        self.assertEqual((reader.remaining, reader.done), (0, True))
+
     def test_empty_bodies_are_done_at_once(self):
         """
         No body, or Content-Length 0, is complete before any byte.
