@@ -26,8 +26,9 @@ minute for five minutes, from 138 to 325 MiB, with no major collection at
 all, and the soak failed, where 4 MiB (so 32 MiB of minimum heap) stayed
 flat. So origdst sets C{PYPY_GC_MIN=}L{MIN_HEAP} too, the minimum a 4 MiB
 nursery has: the soak stays flat (138 to 160 MiB in 60 s, +0.75 to +1.42
-MiB/min over the second half in five runs), and keep-alive p99 at saturation was 1.07x Envoy's
-(4 MiB: 2.92x; 32 MiB with its own minimum: 0.60x) in one run. The reads
+MiB/min over the second half in five runs), and keep-alive p99 at
+saturation was 1.07x Envoy's (4 MiB: 2.92x; 32 MiB with its own minimum:
+0.60x) in one run. The reads
 of large bodies are 64 KiB under PyPy (L{origdst.flow.bulk_read_size}), or
 no bytes at all (L{origdst.rawcopy}), so the nursery size no longer sets the
 memory a large transfer takes.
